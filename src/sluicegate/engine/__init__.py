@@ -1,0 +1,15 @@
+"""The decision engine (no web framework imported here)."""
+
+from sluicegate.engine.core import Engine, bucket_prefix, safe_id
+from sluicegate.engine.decision import BucketReport, Decision, Outcome, Reason, RequestContext
+
+__all__ = [
+    "BucketReport",
+    "Decision",
+    "Engine",
+    "Outcome",
+    "Reason",
+    "RequestContext",
+    "bucket_prefix",
+    "safe_id",
+]

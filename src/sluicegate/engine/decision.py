@@ -1,0 +1,128 @@
+"""What the engine is asked (:class:`RequestContext`) and what it answers (:class:`Decision`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NamedTuple
+
+from sluicegate.policy.resolve import Axis, Plane, Rule
+from sluicegate.stores.base import BucketResult
+
+
+class Outcome(StrEnum):
+    """``allow``: go now; ``wait``: go after ``Decision.delay`` (the slot is reserved);
+    ``refuse``: do not go; come back after ``Decision.retry_after``."""
+
+    ALLOW = "allow"
+    WAIT = "wait"
+    REFUSE = "refuse"
+
+
+class Reason(StrEnum):
+    OK = "ok"
+    RATE_LIMITED = "rate_limited"
+    COST_EXCEEDS_CAPACITY = "cost_exceeds_capacity"
+    UNKNOWN_TENANT = "unknown_tenant"
+    UNKNOWN_CLASS = "unknown_class"
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """One call, as identified by verified credentials (never by forgeable headers).
+
+    ``tokens`` is the token reservation (estimated prompt + reserved output); ``cost_units``
+    overrides the policy's route/method cost table; ``max_wait`` caps the class's max wait.
+    """
+
+    tenant: str
+    agent: str
+    session: str | None = None
+    workload_class: str | None = None
+    tokens: float = 0.0
+    cost_units: float | None = None
+    method: str = "POST"
+    path: str = "/"
+    pool: str | None = None
+    max_wait: float | None = None
+
+
+class BucketReport(NamedTuple):
+    """One bucket of a decision, for explanations, headers and logs."""
+
+    rule: Rule
+    key: str
+    cost: float
+    allowed: bool
+    remaining: int
+    reset: float
+    retry_after: float
+
+    @property
+    def plane(self) -> Plane:
+        return self.rule.plane
+
+    @property
+    def axis(self) -> Axis:
+        return self.rule.axis
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+
+@dataclass(slots=True)
+class Decision:
+    """The engine's answer. Bucket details are kept as the store returned them and expanded
+    into :class:`BucketReport` only when asked, so the hot path allocates little."""
+
+    id: str
+    outcome: Outcome
+    reason: Reason
+    delay: float
+    retry_after: float | None  # None when allowed, math.inf when waiting can never help
+    workload_class: str
+    rules: tuple[Rule, ...]
+    keys: tuple[str, ...]
+    costs: tuple[float, ...]
+    results: tuple[BucketResult, ...]
+    reserved_tokens: float = 0.0
+    warning: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome is not Outcome.REFUSE
+
+    @property
+    def buckets(self) -> list[BucketReport]:
+        return [
+            BucketReport(rule, key, cost, *res)
+            for rule, key, cost, res in zip(
+                self.rules, self.keys, self.costs, self.results, strict=True
+            )
+        ]
+
+    @property
+    def refusing(self) -> list[BucketReport]:
+        """The buckets that refused (each named by plane, axis and limit)."""
+        return [b for b in self.buckets if not b.allowed]
+
+    def explain(self) -> str:
+        """One line a human can act on."""
+        if self.outcome is Outcome.ALLOW:
+            return "allowed"
+        if self.outcome is Outcome.WAIT:
+            return f"allowed after waiting {self.delay:.3f}s"
+        if self.reason in (Reason.UNKNOWN_TENANT, Reason.UNKNOWN_CLASS):
+            return f"refused: {self.reason.value}" + (f" ({self.warning})" if self.warning else "")
+        parts = []
+        for b in self.refusing:
+            limit = f"{b.rule.rate}" if b.rule.rate else f"{b.rule.capacity:g} in flight"
+            parts.append(f"{b.name} (limit {limit}, burst {b.rule.capacity:g}, cost {b.cost:g})")
+        when = (
+            "never at this cost"
+            if self.retry_after is None or math.isinf(self.retry_after)
+            else f"retry after {self.retry_after:.3f}s"
+        )
+        return f"refused by {', '.join(parts)}; {when}"

@@ -1,0 +1,267 @@
+"""Validated spec -> frozen, precomputed :class:`Policy`.
+
+Resolution merges each tenant's overrides onto its tier (axis by axis), turns every rate into a
+store :class:`~sluicegate.stores.base.Limit`, and applies workload-class profiles:
+
+* Every class shares the plane buckets (tenant, agent, session), so plane limits hold in total.
+* A class with ``scale < 1`` also gets class-scoped buckets at ``scale`` x each plane limit, which
+  caps that class's share (``batch: {scale: 0.5}`` leaves half of every budget to the others).
+* A class with ``limits`` replaces the named plane/axis limits, for that class only, with
+  class-scoped buckets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
+from types import MappingProxyType
+
+from sluicegate.policy.schema import (
+    AXIS_BURST_KEYS,
+    BUILTIN_CLASSES,
+    PLANES,
+    AxisLimit,
+    ClassSpec,
+    CostRule,
+    PlaneLimits,
+    PlaneSet,
+    PolicySpec,
+)
+from sluicegate.policy.units import Rate
+from sluicegate.stores.base import Algorithm, Limit
+
+#: Lease of a concurrency slot whose call never settles (a crashed caller).
+CONCURRENCY_LEASE = 300.0
+
+
+class Plane(StrEnum):
+    TENANT = "tenant"
+    AGENT = "agent"
+    SESSION = "session"
+    POOL = "pool"
+
+
+class Axis(StrEnum):
+    REQUESTS = "requests"
+    TOKENS = "tokens"
+    COST = "cost"
+    CONCURRENCY = "concurrency"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One bucket template: a plane, an axis, a limit, and the class scope it is kept under."""
+
+    plane: Plane
+    axis: Axis
+    limit: Limit
+    rate: Rate | None  # None for concurrency
+    scope: str | None = None  # class name for class-scoped buckets
+    pool: str | None = None
+
+    @property
+    def capacity(self) -> float:
+        return self.limit.capacity
+
+    @property
+    def name(self) -> str:
+        """Stable name used in headers and reports, e.g. ``session-tokens`` or
+        ``agent-requests-batch``."""
+        head = f"pool-{self.pool}" if self.pool else self.plane.value
+        return f"{head}-{self.axis.value}" + (f"-{self.scope}" if self.scope else "")
+
+    def scaled(self, factor: float, scope: str) -> Rule:
+        """A class-scoped copy holding ``factor`` of this rule's rate and capacity."""
+        if self.rate is None:
+            capacity = max(1.0, math.floor(self.limit.capacity * factor))
+            limit = Limit(self.limit.algorithm, self.limit.period, capacity)
+            return Rule(self.plane, self.axis, limit, None, scope, self.pool)
+        rate = Rate(self.rate.count * factor, self.rate.period)
+        capacity = max(1.0, self.limit.capacity * factor)
+        if self.limit.algorithm is Algorithm.GCRA:
+            limit = Limit(Algorithm.GCRA, rate.period / rate.count, capacity)
+        else:
+            limit = Limit(self.limit.algorithm, self.limit.period, max(1.0, rate.count))
+        return Rule(self.plane, self.axis, limit, rate, scope, self.pool)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassProfile:
+    name: str
+    priority: int
+    max_wait: float
+    sla_p95: float | None
+    scale: float
+    overrides: tuple[Rule, ...]
+
+
+def _default_profile(name: str) -> ClassSpec:
+    """Built-in defaults for classes a policy does not declare."""
+    if name == "realtime":
+        return ClassSpec(priority=0, max_wait=0.0, sla_p95=0.8)
+    if name == "batch":
+        return ClassSpec(priority=2, max_wait=60.0, sla_p95=60.0)
+    return ClassSpec(priority=1, max_wait=2.0, sla_p95=3.0)
+
+
+def _axis_rule(
+    plane: Plane, axis: Axis, spec: AxisLimit, burst: float | None, default_algorithm: str | None
+) -> Rule:
+    algorithm = Algorithm(spec.algorithm or default_algorithm or Algorithm.GCRA)
+    capacity = spec.burst if spec.burst is not None else burst
+    rate = spec.rate
+    if algorithm is Algorithm.GCRA:
+        limit = Limit(algorithm, rate.period / rate.count, capacity if capacity else rate.count)
+    else:
+        # Window algorithms count ``rate.count`` per window of ``rate.period``; burst is moot.
+        limit = Limit(algorithm, rate.period, rate.count)
+    return Rule(plane, axis, limit, rate)
+
+
+def plane_rules(plane: Plane, limits: PlaneLimits | None) -> list[Rule]:
+    """Rules of one plane's limits, in axis order."""
+    if limits is None:
+        return []
+    rules: list[Rule] = []
+    for axis_name, burst_key in AXIS_BURST_KEYS:
+        spec = getattr(limits, axis_name)
+        if spec is not None:
+            burst = getattr(limits, burst_key)
+            rules.append(_axis_rule(plane, Axis(axis_name), spec, burst, limits.algorithm))
+    if limits.concurrency is not None:
+        limit = Limit(Algorithm.CONCURRENCY, CONCURRENCY_LEASE, float(limits.concurrency))
+        rules.append(Rule(plane, Axis.CONCURRENCY, limit, None))
+    return rules
+
+
+def _merge(base: PlaneLimits | None, override: PlaneLimits | None) -> PlaneLimits | None:
+    """Override wins key by key; keys it does not set keep the base's values."""
+    if override is None:
+        return base
+    if base is None:
+        return override
+    return base.model_copy(update={k: getattr(override, k) for k in override.model_fields_set})
+
+
+def planeset_rules(planes: PlaneSet) -> tuple[Rule, ...]:
+    out: list[Rule] = []
+    for plane in PLANES:
+        out += plane_rules(Plane(plane), getattr(planes, plane))
+    return tuple(out)
+
+
+def apply_class(rules: tuple[Rule, ...], profile: ClassProfile) -> tuple[Rule, ...]:
+    """The rules a request of ``profile``'s class is checked against (see module docstring)."""
+    overridden = {(r.plane, r.axis) for r in profile.overrides}
+    out = [r for r in rules if (r.plane, r.axis) not in overridden]
+    if profile.scale < 1.0:
+        out += [
+            r.scaled(profile.scale, profile.name)
+            for r in rules
+            if (r.plane, r.axis) not in overridden
+        ]
+    out += profile.overrides
+    order = {Plane.TENANT: 0, Plane.AGENT: 1, Plane.SESSION: 2, Plane.POOL: 3}
+    return tuple(sorted(out, key=lambda r: (order[r.plane], r.scope or "")))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The resolved policy the engine runs on. Immutable; reloading builds a new one."""
+
+    spec: PolicySpec
+    source: str
+    tenant_rules: Mapping[str, tuple[Rule, ...]]
+    tier_rules: Mapping[str, tuple[Rule, ...]]
+    tenant_tier: Mapping[str, str]
+    default_tier: str | None
+    classes: Mapping[str, ClassProfile]
+    default_class: str
+    reject_unknown_class: bool
+    costs: tuple[CostRule, ...]
+    default_cost: float
+    pools: Mapping[str, tuple[Rule, ...]]
+    settle_ttl: float
+    store_url: str = "memory"
+    _cache: dict[tuple[str, str], tuple[Rule, ...] | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def rules_for(self, tenant: str, class_name: str) -> tuple[Rule, ...] | None:
+        """Plane rules for a tenant's requests of a class; ``None`` for an unknown tenant."""
+        key = (tenant, class_name)
+        cached = self._cache.get(key, False)
+        if cached is not False:
+            return cached  # type: ignore[return-value]
+        base = self.tenant_rules.get(tenant)
+        if base is None and self.default_tier is not None:
+            base = self.tier_rules[self.default_tier]
+        result = None if base is None else apply_class(base, self.classes[class_name])
+        if len(self._cache) < 100_000:
+            self._cache[key] = result
+        return result
+
+    def cost_units(self, method: str, path: str) -> float:
+        """Weighted cost of a call: the first matching rule, else ``default_cost``."""
+        for rule in self.costs:
+            if path.startswith(rule.path_prefix) and (rule.method is None or rule.method == method):
+                return rule.units
+        return self.default_cost
+
+    @cached_property
+    def summary(self) -> str:
+        n_classes = len(self.classes)
+        return (
+            f"{len(self.tier_rules)} tiers, {len(self.tenant_rules)} tenants, {n_classes} classes, "
+            f"{len(self.pools)} pools, store {self.store_url}"
+        )
+
+
+def resolve(spec: PolicySpec, source: str = "<policy>") -> Policy:
+    """Build the frozen :class:`Policy` from a validated spec."""
+    tier_rules = {name: planeset_rules(tier) for name, tier in spec.tiers.items()}
+    tenant_rules: dict[str, tuple[Rule, ...]] = {}
+    for name, tenant in spec.tenants.items():
+        tier = spec.tiers[tenant.tier]
+        merged = PlaneSet(
+            tenant=_merge(tier.tenant, tenant.tenant),
+            agent=_merge(tier.agent, tenant.agent),
+            session=_merge(tier.session, tenant.session),
+        )
+        tenant_rules[name] = planeset_rules(merged)
+    declared = dict(spec.classes.model_extra or {})
+    classes: dict[str, ClassProfile] = {}
+    for name in (*BUILTIN_CLASSES, *[n for n in declared if n not in BUILTIN_CLASSES]):
+        cs = declared.get(name) or _default_profile(name)
+        if not isinstance(cs, ClassSpec):
+            cs = ClassSpec.model_validate(cs)
+        overrides = planeset_rules(cs.limits) if cs.limits else ()
+        overrides = tuple(Rule(r.plane, r.axis, r.limit, r.rate, name, r.pool) for r in overrides)
+        classes[name] = ClassProfile(
+            name, cs.priority, cs.max_wait, cs.sla_p95, cs.scale, overrides
+        )
+    pools: dict[str, tuple[Rule, ...]] = {}
+    for name, pool in spec.pools.items():
+        pools[name] = tuple(
+            Rule(Plane.POOL, r.axis, r.limit, r.rate, None, name)
+            for r in plane_rules(Plane.POOL, pool)
+        )
+    return Policy(
+        spec=spec,
+        source=source,
+        tenant_rules=MappingProxyType(tenant_rules),
+        tier_rules=MappingProxyType(tier_rules),
+        tenant_tier=MappingProxyType({n: t.tier for n, t in spec.tenants.items()}),
+        default_tier=spec.default_tier,
+        classes=MappingProxyType(classes),
+        default_class=spec.classes.default,
+        reject_unknown_class=spec.classes.unknown == "reject",
+        costs=tuple(spec.costs),
+        default_cost=spec.default_cost,
+        pools=MappingProxyType(pools),
+        settle_ttl=spec.settle_ttl,
+        store_url=spec.store,
+    )

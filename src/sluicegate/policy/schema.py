@@ -1,0 +1,146 @@
+"""The policy file's schema: pydantic models that mirror the YAML one to one.
+
+Models only check shape and values; :mod:`sluicegate.policy.resolve` turns a validated
+:class:`PolicySpec` into the frozen, precomputed :class:`~sluicegate.policy.resolve.Policy` the
+engine runs on. Every model rejects unknown keys, so a typo is an error, never a silent no-op.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from sluicegate.policy.units import Rate, parse_count, parse_duration, parse_rate
+
+RateField = Annotated[Rate, BeforeValidator(parse_rate)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Count = Annotated[float, BeforeValidator(parse_count), Field(gt=0)]
+
+#: The identity planes, outermost first.
+PLANES = ("tenant", "agent", "session")
+#: The cost axes a plane can limit.
+AXES = ("requests", "tokens", "cost")
+AXIS_BURST_KEYS = (("requests", "burst"), ("tokens", "tokens_burst"), ("cost", "cost_burst"))
+BUILTIN_CLASSES = ("realtime", "interactive", "batch")
+#: Algorithms a rate axis may use (concurrency is its own plane key, not an axis algorithm).
+AxisAlgorithm = Literal["gcra", "sliding_window", "fixed_window"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _axis_shorthand(value: Any) -> Any:
+    """``requests: 600/min`` is shorthand for ``requests: {rate: 600/min}``."""
+    if isinstance(value, str):
+        return {"rate": value}
+    return value
+
+
+class AxisLimit(StrictModel):
+    """One limit on one axis: a rate, an optional burst (capacity), an optional algorithm."""
+
+    rate: RateField
+    burst: Count | None = None
+    algorithm: AxisAlgorithm | None = None
+
+
+AxisField = Annotated[AxisLimit, BeforeValidator(_axis_shorthand)]
+
+
+class PlaneLimits(StrictModel):
+    """Limits of one identity plane (or of a shared pool) on each axis.
+
+    ``burst`` is the requests axis' capacity; ``tokens_burst`` and ``cost_burst`` those of the
+    other axes (each defaults to the rate's count: ``600/min`` holds 600). ``algorithm`` sets the
+    default algorithm of every axis of the plane. ``concurrency`` caps calls in flight.
+    """
+
+    requests: AxisField | None = None
+    tokens: AxisField | None = None
+    cost: AxisField | None = None
+    burst: Count | None = None
+    tokens_burst: Count | None = None
+    cost_burst: Count | None = None
+    algorithm: AxisAlgorithm | None = None
+    concurrency: Annotated[int, Field(gt=0)] | None = None
+
+
+class PlaneSet(StrictModel):
+    """Limits for the three identity planes."""
+
+    tenant: PlaneLimits | None = None
+    agent: PlaneLimits | None = None
+    session: PlaneLimits | None = None
+
+
+class TierSpec(PlaneSet):
+    """A named bundle of plane limits that tenants subscribe to."""
+
+
+class TenantSpec(PlaneSet):
+    """A tenant: its tier plus per-plane overrides merged axis by axis on top of the tier."""
+
+    tier: str
+
+
+class ClassSpec(StrictModel):
+    """A workload class profile.
+
+    ``scale`` (0 < scale <= 1) caps the class's own use of every plane at that share of the
+    plane's limits, in a class-scoped bucket next to the shared one: ``batch: {scale: 0.5}``
+    guarantees batch traffic leaves at least half of every budget to the other classes.
+    ``limits`` replaces the plane limits on the axes it names, for this class only.
+    """
+
+    priority: Annotated[int, Field(ge=0)] = 1
+    max_wait: Duration = 0.0
+    sla_p95: Duration | None = None
+    scale: Annotated[float, Field(gt=0, le=1)] = 1.0
+    limits: PlaneSet | None = None
+
+
+class ClassesSpec(StrictModel):
+    """``default`` names the class of requests that declare none; ``unknown`` says what happens
+    to a request naming an undeclared class: served as ``default`` (with a warning header) or
+    rejected. Every other key declares a class profile."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, ClassSpec]
+
+    default: str = "interactive"
+    unknown: Literal["default", "reject"] = "default"
+
+
+class CostRule(StrictModel):
+    """Weighted cost units charged on the ``cost`` axis to calls matching a route and method."""
+
+    path_prefix: str = "/"
+    method: str | None = None
+    units: Count
+
+    @model_validator(mode="after")
+    def _upper_method(self) -> CostRule:
+        if self.method is not None:
+            object.__setattr__(self, "method", self.method.upper())
+        return self
+
+
+class PoolSpec(PlaneLimits):
+    """A shared upstream pool (a provider's quota) that every tenant's calls draw from."""
+
+
+class PolicySpec(StrictModel):
+    """The whole policy file."""
+
+    version: Literal[1]
+    store: str = "memory"
+    default_tier: str | None = None
+    tiers: dict[str, TierSpec] = Field(min_length=1)
+    tenants: dict[str, TenantSpec] = Field(default_factory=dict)
+    classes: ClassesSpec = Field(default_factory=ClassesSpec)
+    costs: list[CostRule] = Field(default_factory=list)
+    default_cost: Count = 1.0
+    pools: dict[str, PoolSpec] = Field(default_factory=dict)
+    settle_ttl: Duration = 600.0

@@ -1,0 +1,119 @@
+"""The ``Store`` protocol and the value types that cross it.
+
+A store persists bucket state and applies the pure algorithms of :mod:`sluicegate.algorithms` to
+*all buckets of one decision at once*: it checks every bucket first and writes only if all pass,
+so a refusal at the session plane leaves the tenant and agent buckets untouched. The request is a
+flat, serialisable :class:`Batch`, so a Redis store can ship it to one Lua script in one round
+trip; token reservations for later settlement travel in the same batch and are written in the
+same atomic step.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+from typing import NamedTuple, Protocol, runtime_checkable
+
+
+class Algorithm(StrEnum):
+    """Rate-limiting algorithm of one bucket. GCRA is the default everywhere."""
+
+    GCRA = "gcra"
+    SLIDING_WINDOW = "sliding_window"
+    FIXED_WINDOW = "fixed_window"
+    CONCURRENCY = "concurrency"
+
+
+class Limit(NamedTuple):
+    """Resolved parameters of one bucket, shared by every decision that uses that limit.
+
+    For GCRA ``period`` is the emission interval (seconds per unit) and ``capacity`` the burst.
+    For the window algorithms ``period`` is the window length and ``capacity`` the limit.
+    For concurrency ``period`` is the lease time-to-live and ``capacity`` the in-flight limit.
+    """
+
+    algorithm: Algorithm
+    period: float
+    capacity: float
+
+
+class BucketOp(NamedTuple):
+    """Consume ``cost`` units of ``limit`` in the bucket stored under ``key``."""
+
+    key: str
+    limit: Limit
+    cost: float
+
+
+class Reservation(NamedTuple):
+    """Written with the batch when it is admitted, so ``settle`` can reconcile later.
+
+    ``token_ops`` are indexes into the batch of the buckets whose cost was a token estimate;
+    ``concurrency_ops`` those holding an in-flight slot to release. ``ttl`` bounds how long the
+    record is kept (a reservation never settled simply stands as charged).
+    """
+
+    id: str
+    reserved: float
+    token_ops: tuple[int, ...]
+    concurrency_ops: tuple[int, ...]
+    ttl: float
+
+
+class Batch(NamedTuple):
+    """Everything one decision asks of the store."""
+
+    ops: tuple[BucketOp, ...]
+    max_delay: float = 0.0
+    reservation: Reservation | None = None
+
+
+class BucketResult(NamedTuple):
+    """Per-bucket outcome. ``retry_after`` is 0 when this bucket admitted, ``inf`` if never."""
+
+    allowed: bool
+    remaining: int
+    reset: float
+    retry_after: float
+
+
+class BatchResult(NamedTuple):
+    """Outcome of a batch: admitted as a whole (after ``delay`` seconds) or not at all."""
+
+    allowed: bool
+    delay: float
+    buckets: tuple[BucketResult, ...]
+
+
+class SettleStatus(IntEnum):
+    """What ``settle`` did."""
+
+    APPLIED = 0
+    DUPLICATE = 1
+    UNKNOWN = 2
+
+
+class SettleResult(NamedTuple):
+    status: SettleStatus
+    delta: float
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Bucket state behind an atomic check-and-consume.
+
+    ``now`` is the caller's clock reading. Stores with an authoritative clock of their own (Redis
+    ``TIME``) may ignore it: what matters is that every replica sharing a bucket uses one clock.
+    """
+
+    async def apply(self, batch: Batch, now: float) -> BatchResult:
+        """Check every op; if all pass, consume all of them (and write the reservation)."""
+        ...
+
+    async def settle(self, reservation_id: str, actual: float, now: float) -> SettleResult:
+        """Charge ``actual - reserved`` to the reservation's token buckets and release its
+        concurrency slots; idempotent per reservation id; refunds never overfill a bucket."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and background tasks."""
+        ...
