@@ -14,9 +14,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sluicegate.engine.decision import Decision, Outcome
 from sluicegate.policy.resolve import Axis, Rule
+
+if TYPE_CHECKING:  # the engine imports this module; no import cycle at run time
+    from sluicegate.engine.decision import Decision
 
 _UNIT = {
     Axis.REQUESTS: "",
@@ -53,46 +58,59 @@ def policy_item(rule: Rule) -> str:
     return f'"{rule.name}";q={q};w={math.ceil(rule.rate.period)}{_UNIT[rule.axis]}'
 
 
-_policy_cache: dict[Rule, str] = {}
+@dataclass(frozen=True, slots=True)
+class HeaderPlan:
+    """The static part of the headers for one tuple of rules, computed once per engine plan."""
+
+    policy: str
+    state_prefixes: tuple[str, ...]
+    # (header suffix, indexes of that axis' buckets, their capacities as text)
+    openai: tuple[tuple[str, tuple[int, ...], tuple[str, ...]], ...]
 
 
-def _policy_item_cached(rule: Rule) -> str:
-    item = _policy_cache.get(rule)
-    if item is None:
-        item = policy_item(rule)
-        if len(_policy_cache) < 10_000:
-            _policy_cache[rule] = item
-    return item
+def header_plan(rules: Sequence[Rule]) -> HeaderPlan:
+    """Precompute everything about the headers that does not change from call to call."""
+    openai = []
+    for axis, suffix in ((Axis.REQUESTS, "requests"), (Axis.TOKENS, "tokens")):
+        idx = tuple(i for i, r in enumerate(rules) if r.axis is axis)
+        if idx:
+            openai.append((suffix, idx, tuple(f"{rules[i].capacity:.0f}" for i in idx)))
+    return HeaderPlan(
+        policy=", ".join(policy_item(r) for r in rules),
+        state_prefixes=tuple(f'"{r.name}";r=' for r in rules),
+        openai=tuple(openai),
+    )
 
 
 def render_headers(decision: Decision) -> list[tuple[str, str]]:
     """All rate-limit headers for a decision, as ``(name, value)`` pairs (lower-case names)."""
-    rules = decision.rules
-    results = decision.results
     headers: list[tuple[str, str]] = []
-    if rules:
-        policy_items = []
-        state_items = []
-        best: dict[Axis, tuple[int, Rule, float]] = {}
-        for rule, res in zip(rules, results, strict=True):
-            policy_items.append(_policy_item_cached(rule))
-            remaining = res.remaining
-            reset = res.reset
-            state_items.append(f'"{rule.name}";r={remaining};t={math.ceil(reset)}')
-            axis = rule.axis
-            cur = best.get(axis)
-            if cur is None or remaining < cur[0]:
-                best[axis] = (remaining, rule, reset)
-        headers.append(("ratelimit-policy", ", ".join(policy_items)))
-        headers.append(("ratelimit", ", ".join(state_items)))
-        for axis, suffix in ((Axis.REQUESTS, "requests"), (Axis.TOKENS, "tokens")):
-            picked = best.get(axis)
-            if picked is not None:
-                remaining, rule, reset = picked
-                headers.append((f"x-ratelimit-limit-{suffix}", f"{rule.capacity:.0f}"))
-                headers.append((f"x-ratelimit-remaining-{suffix}", str(remaining)))
-                headers.append((f"x-ratelimit-reset-{suffix}", go_duration(reset)))
-    if decision.outcome is Outcome.REFUSE and decision.retry_after is not None:
+    result = decision.result
+    plan = decision.header_plan
+    if result is not None and decision.rules:
+        if plan is None:
+            plan = header_plan(decision.rules)
+        remaining = result.remaining
+        reset = result.reset
+        ceil = math.ceil
+        headers.append(("ratelimit-policy", plan.policy))
+        state = ", ".join(
+            [
+                f"{p}{n};t={ceil(t)}"
+                for p, n, t in zip(plan.state_prefixes, remaining, reset, strict=True)
+            ]
+        )
+        headers.append(("ratelimit", state))
+        for suffix, idx, caps in plan.openai:
+            best = 0
+            low = remaining[idx[0]]
+            for j in range(1, len(idx)):
+                if remaining[idx[j]] < low:
+                    best, low = j, remaining[idx[j]]
+            headers.append((f"x-ratelimit-limit-{suffix}", caps[best]))
+            headers.append((f"x-ratelimit-remaining-{suffix}", str(low)))
+            headers.append((f"x-ratelimit-reset-{suffix}", go_duration(reset[idx[best]])))
+    if not decision.allowed and decision.retry_after is not None:
         retry = decision.retry_after
         if math.isfinite(retry):
             headers.append(("retry-after", str(max(1, math.ceil(retry)))))

@@ -11,9 +11,11 @@ simulator, Redis ``TIME`` in the Redis store).
 from sluicegate.algorithms.concurrency import concurrency_acquire, concurrency_release
 from sluicegate.algorithms.gcra import (
     GcraResult,
+    GcraStep,
     gcra,
     gcra_adjust,
     gcra_remaining,
+    gcra_step,
 )
 from sluicegate.algorithms.windows import (
     WindowResult,
@@ -23,6 +25,7 @@ from sluicegate.algorithms.windows import (
 
 __all__ = [
     "GcraResult",
+    "GcraStep",
     "WindowResult",
     "concurrency_acquire",
     "concurrency_release",
@@ -30,5 +33,6 @@ __all__ = [
     "gcra",
     "gcra_adjust",
     "gcra_remaining",
+    "gcra_step",
     "sliding_window",
 ]

@@ -55,6 +55,50 @@ def gcra_remaining(tat: float, now: float, interval: float, burst: float) -> tup
     return remaining, used
 
 
+#: ``(allowed, tat, delay, retry_after, remaining, reset)``: :class:`GcraResult` as a plain tuple.
+GcraStep = tuple[bool, float, float, float, int, float]
+
+
+def gcra_step(
+    tat: float,
+    now: float,
+    cost: float,
+    interval: float,
+    burst: float,
+    max_delay: float = 0.0,
+) -> GcraStep:
+    """Check ``cost`` units against the bucket and consume them if admitted.
+
+    The one implementation of the GCRA arithmetic. It returns a plain tuple (fields as in
+    :class:`GcraResult`) because stores call it in their hot loop; use :func:`gcra` for the
+    named result. A cost above ``burst`` is refused outright with ``retry_after = inf``: waiting
+    never helps, and admitting it would let one call drain more than the bucket can ever hold.
+    """
+    cap = burst * interval
+    if cost > burst:
+        used = tat - now if tat > now else 0.0
+        left = (cap - used + EPSILON) / interval
+        return (False, tat, 0.0, math.inf, math.floor(left) if left > 0.0 else 0, used)
+    base = tat if tat > now else now
+    new_tat = base + cost * interval
+    excess = new_tat - now - cap
+    if excess <= max_delay + EPSILON:
+        state = new_tat if cost > 0 else tat
+        used = state - now if state > now else 0.0
+        left = (cap - used + EPSILON) / interval
+        return (
+            True,
+            state,
+            excess if excess > EPSILON else 0.0,
+            0.0,
+            math.floor(left) if left > 0.0 else 0,
+            used,
+        )
+    used = tat - now if tat > now else 0.0
+    left = (cap - used + EPSILON) / interval
+    return (False, tat, 0.0, excess, math.floor(left) if left > 0.0 else 0, used)
+
+
 def gcra(
     tat: float,
     now: float,
@@ -63,23 +107,8 @@ def gcra(
     burst: float,
     max_delay: float = 0.0,
 ) -> GcraResult:
-    """Check ``cost`` units against the bucket and consume them if admitted.
-
-    A cost above ``burst`` is refused outright with ``retry_after = inf``: waiting never helps,
-    and admitting it would let one call drain more than the bucket can ever hold.
-    """
-    base = tat if tat > now else now
-    new_tat = base + cost * interval
-    excess = new_tat - now - burst * interval
-    if cost > burst:
-        remaining, reset = gcra_remaining(tat, now, interval, burst)
-        return GcraResult(False, tat, 0.0, math.inf, remaining, reset)
-    if excess <= max_delay + EPSILON:
-        state = new_tat if cost > 0 else tat
-        remaining, reset = gcra_remaining(state, now, interval, burst)
-        return GcraResult(True, state, excess if excess > EPSILON else 0.0, 0.0, remaining, reset)
-    remaining, reset = gcra_remaining(tat, now, interval, burst)
-    return GcraResult(False, tat, 0.0, excess, remaining, reset)
+    """:func:`gcra_step` with a named result."""
+    return GcraResult(*gcra_step(tat, now, cost, interval, burst, max_delay))
 
 
 def gcra_adjust(tat: float, now: float, delta: float, interval: float) -> float:

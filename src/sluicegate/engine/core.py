@@ -1,35 +1,45 @@
 """The decision engine: identity -> rules -> costs -> one atomic store batch -> :class:`Decision`.
 
-The engine imports no web framework. It turns a :class:`RequestContext` into bucket operations
-using a per-(tenant, class, pool) plan that is computed once and cached, so the per-call work is a
-few string joins and one store call.
+The engine imports no web framework. Everything that depends only on (tenant, class, pool,
+whether a session is present) is computed once into a cached :class:`_Plan`: the rules, their
+store limits, key fragments, cost selectors and the static part of the headers. Per call, the
+engine only joins key strings, picks costs and makes one store call.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 from sluicegate.clock import Clock, MonotonicClock
 from sluicegate.engine.decision import Decision, Outcome, Reason, RequestContext
+from sluicegate.headers import header_plan
 from sluicegate.policy.resolve import Axis, Plane, Policy, Rule
-from sluicegate.stores.base import Batch, BucketOp, Reservation, SettleResult, Store
+from sluicegate.stores.base import Batch, Limit, Reservation, SettleResult, Store
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._\-]{1,128}")
+_PLAN_CACHE_MAX = 100_000
 
 
 def safe_id(value: str) -> str:
     """Make an identifier safe inside a key: no ``:``, ``{``, ``}`` or control characters, so a
-    crafted session id cannot alias another bucket or move a key out of its tenant's slot."""
+    crafted session id cannot alias another bucket or move a key out of its tenant's slot.
+    Safe ids pass unchanged; others are percent-encoded (``%`` never appears in a safe id, so
+    encoded and plain ids cannot collide); very long ones are hashed."""
     if _SAFE_ID.fullmatch(value):
         return value
-    return "%" + quote(value, safe="")[:256]
+    if len(value) > 128:
+        return "#" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return "%" + quote(value, safe="")
 
 
+# Plane kinds and cost selectors as small ints: enum attribute access is slow on the hot path.
 _TENANT, _AGENT, _SESSION, _POOL = range(4)
 _PLANE_KIND = {
     Plane.TENANT: _TENANT,
@@ -37,22 +47,26 @@ _PLANE_KIND = {
     Plane.SESSION: _SESSION,
     Plane.POOL: _POOL,
 }
+_ONE, _TOKENS, _UNITS = range(3)
+_COST_KIND = {Axis.REQUESTS: _ONE, Axis.CONCURRENCY: _ONE, Axis.TOKENS: _TOKENS, Axis.COST: _UNITS}
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """Precomputed bucket templates for one (tenant, class, pool)."""
+    """Precomputed bucket templates for one (tenant, class, pool, has-session)."""
 
     rules: tuple[Rule, ...]
+    limits: tuple[Limit, ...]
     kinds: tuple[int, ...]
     prefixes: tuple[str, ...]
     suffixes: tuple[str, ...]
-    axes: tuple[Axis, ...]
+    cost_kinds: tuple[int, ...]
+    uses_units: bool
     token_ops: tuple[int, ...]
     concurrency_ops: tuple[int, ...]
-    has_session: tuple[bool, ...]
     max_wait: float
     class_name: str
+    headers: Any
 
 
 def bucket_prefix(tenant: str) -> str:
@@ -71,7 +85,7 @@ class Engine:
         self._policy = policy
         self.store = store
         self.clock: Clock = clock or MonotonicClock()
-        self._plans: dict[tuple[str, str, str | None], _Plan | None] = {}
+        self._plans: dict[tuple[str, str, str | None, bool], _Plan | None] = {}
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(5).hex()
 
@@ -81,13 +95,13 @@ class Engine:
 
     @policy.setter
     def policy(self, policy: Policy) -> None:
-        self._plans = {}
         self._policy = policy
+        self._plans = {}
 
     def resolve_class(self, requested: str | None) -> tuple[str | None, str | None]:
         """``(class, warning)``; class is None when the policy rejects an unknown class."""
         policy = self._policy
-        if requested is None or requested == "":
+        if not requested:
             return policy.default_class, None
         if requested in policy.classes:
             return requested, None
@@ -96,19 +110,22 @@ class Engine:
         warning = f"unknown workload class {requested[:64]!r}; served as {policy.default_class!r}"
         return policy.default_class, warning
 
-    def _plan(self, tenant: str, class_name: str, pool: str | None) -> _Plan | None:
+    def _plan(
+        self, tenant: str, class_name: str, pool: str | None, has_session: bool
+    ) -> _Plan | None:
         policy = self._policy
         rules = policy.rules_for(tenant, class_name)
         if rules is None:
             return None
+        if not has_session:
+            rules = tuple(r for r in rules if r.plane is not Plane.SESSION)
         if pool is not None:
             rules = rules + policy.pools.get(pool, ())
         head = bucket_prefix(tenant)
-        kinds, prefixes, suffixes = [], [], []
+        prefixes, suffixes = [], []
         for r in rules:
-            kind = _PLANE_KIND[r.plane]
             scope = f"@{r.scope}" if r.scope else ""
-            kinds.append(kind)
+            kind = _PLANE_KIND[r.plane]
             if kind == _TENANT:
                 prefixes.append(f"{head}t{scope}:{r.axis.value}")
             elif kind == _AGENT:
@@ -118,18 +135,20 @@ class Engine:
             else:
                 prefixes.append(f"sg:{{pool:{safe_id(r.pool or '')}}}:{r.axis.value}")
             suffixes.append(f"{scope}:{r.axis.value}")
-        profile = policy.classes[class_name]
+        cost_kinds = tuple(_COST_KIND[r.axis] for r in rules)
         return _Plan(
             rules=rules,
-            kinds=tuple(kinds),
+            limits=tuple(r.limit for r in rules),
+            kinds=tuple(_PLANE_KIND[r.plane] for r in rules),
             prefixes=tuple(prefixes),
             suffixes=tuple(suffixes),
-            axes=tuple(r.axis for r in rules),
+            cost_kinds=cost_kinds,
+            uses_units=_UNITS in cost_kinds,
             token_ops=tuple(i for i, r in enumerate(rules) if r.axis is Axis.TOKENS),
             concurrency_ops=tuple(i for i, r in enumerate(rules) if r.axis is Axis.CONCURRENCY),
-            has_session=tuple(r.plane is Plane.SESSION for r in rules),
-            max_wait=profile.max_wait,
+            max_wait=policy.classes[class_name].max_wait,
             class_name=class_name,
+            headers=header_plan(rules),
         )
 
     def _new_id(self) -> str:
@@ -140,86 +159,69 @@ class Engine:
         class_name, warning = self.resolve_class(ctx.workload_class)
         if class_name is None:
             return self._refusal(Reason.UNKNOWN_CLASS, ctx.workload_class or "", warning)
-        plan_key = (ctx.tenant, class_name, ctx.pool)
+        session = ctx.session
+        plan_key = (ctx.tenant, class_name, ctx.pool, session is not None)
         plans = self._plans
         plan = plans.get(plan_key)
         if plan is None:
             if plan_key in plans or (plan := self._plan(*plan_key)) is None:
-                plans[plan_key] = None
+                if len(plans) < _PLAN_CACHE_MAX:
+                    plans[plan_key] = None
                 return self._refusal(
                     Reason.UNKNOWN_TENANT, class_name, f"tenant {ctx.tenant[:64]!r}"
                 )
-            if len(plans) < 100_000:
+            if len(plans) < _PLAN_CACHE_MAX:
                 plans[plan_key] = plan
         agent = safe_id(ctx.agent)
-        session = safe_id(ctx.session) if ctx.session is not None else None
+        if session is not None:
+            agent_session = f"{agent}:{safe_id(session)}"
         tokens = float(ctx.tokens)
-        units = ctx.cost_units
-        ops: list[BucketOp] = []
+        units = 1.0
+        if plan.uses_units:
+            units = (
+                ctx.cost_units
+                if ctx.cost_units is not None
+                else self._policy.cost_units(ctx.method, ctx.path)
+            )
         keys: list[str] = []
         costs: list[float] = []
-        rules: list[Rule] = []
-        skipped = False
-        for i, kind in enumerate(plan.kinds):
+        for kind, prefix, suffix, cost_kind in zip(
+            plan.kinds, plan.prefixes, plan.suffixes, plan.cost_kinds, strict=True
+        ):
             if kind == _TENANT or kind == _POOL:
-                key = plan.prefixes[i]
+                keys.append(prefix)
             elif kind == _AGENT:
-                key = f"{plan.prefixes[i]}{agent}{plan.suffixes[i]}"
-            elif session is None:
-                skipped = True
-                continue
+                keys.append(f"{prefix}{agent}{suffix}")
             else:
-                key = f"{plan.prefixes[i]}{agent}:{session}{plan.suffixes[i]}"
-            axis = plan.axes[i]
-            if axis is Axis.REQUESTS or axis is Axis.CONCURRENCY:
-                cost = 1.0
-            elif axis is Axis.TOKENS:
-                cost = tokens
-            else:
-                if units is None:
-                    units = self._policy.cost_units(ctx.method, ctx.path)
-                cost = units
-            rule = plan.rules[i]
-            ops.append(BucketOp(key, rule.limit, cost))
-            keys.append(key)
-            costs.append(cost)
-            rules.append(rule)
-        if skipped:
-            token_ops = tuple(i for i, r in enumerate(rules) if r.axis is Axis.TOKENS)
-            conc_ops = tuple(i for i, r in enumerate(rules) if r.axis is Axis.CONCURRENCY)
-        else:
-            token_ops, conc_ops = plan.token_ops, plan.concurrency_ops
+                keys.append(f"{prefix}{agent_session}{suffix}")
+            costs.append(1.0 if cost_kind == _ONE else (tokens if cost_kind == _TOKENS else units))
         max_wait = plan.max_wait if ctx.max_wait is None else min(plan.max_wait, ctx.max_wait)
-        decision_id = self._new_id()
+        decision_id = f"{self._id_prefix}-{next(self._ids):x}"
         reservation = None
-        if (token_ops and tokens > 0) or conc_ops:
+        if (plan.token_ops and tokens > 0) or plan.concurrency_ops:
             reservation = Reservation(
-                decision_id, tokens, token_ops, conc_ops, self._policy.settle_ttl
+                decision_id, tokens, plan.token_ops, plan.concurrency_ops, self._policy.settle_ttl
             )
-        result = await self.store.apply(Batch(tuple(ops), max_wait, reservation), self.clock.now())
+        result = await self.store.apply(
+            Batch(keys, plan.limits, costs, max_wait, reservation), self.clock.now()
+        )
         if result.allowed:
-            outcome = Outcome.WAIT if result.delay > 0 else Outcome.ALLOW
             return Decision(
-                decision_id, outcome, Reason.OK, result.delay, None, class_name,
-                tuple(rules), tuple(keys), tuple(costs), result.buckets,
-                tokens if reservation is not None else 0.0, warning,
+                decision_id, Outcome.WAIT if result.delay > 0 else Outcome.ALLOW, Reason.OK,
+                result.delay, None, class_name, plan.rules, keys, costs, result,
+                tokens if reservation is not None else 0.0, warning, plan.headers,
             )  # fmt: skip
-        retry = 0.0
-        reason = Reason.RATE_LIMITED
-        for res in result.buckets:
-            if not res.allowed and res.retry_after > retry:
-                retry = res.retry_after
-        if math.isinf(retry):
-            reason = Reason.COST_EXCEEDS_CAPACITY
+        retry = max(result.retry_after)
+        reason = Reason.COST_EXCEEDS_CAPACITY if math.isinf(retry) else Reason.RATE_LIMITED
         return Decision(
             decision_id, Outcome.REFUSE, reason, 0.0, retry, class_name,
-            tuple(rules), tuple(keys), tuple(costs), result.buckets, 0.0, warning,
+            plan.rules, keys, costs, result, 0.0, warning, plan.headers,
         )  # fmt: skip
 
     def _refusal(self, reason: Reason, class_name: str, warning: str | None) -> Decision:
         return Decision(
             self._new_id(), Outcome.REFUSE, reason, 0.0, math.inf, class_name,
-            (), (), (), (), 0.0, warning,
+            (), (), (), None, 0.0, warning, None,
         )  # fmt: skip
 
     async def settle(self, decision_id: str, actual_tokens: float) -> SettleResult:

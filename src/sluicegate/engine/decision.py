@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sluicegate.policy.resolve import Axis, Plane, Rule
-from sluicegate.stores.base import BucketResult
+from sluicegate.stores.base import BatchResult
 
 
 class Outcome(StrEnum):
@@ -74,21 +75,27 @@ class BucketReport(NamedTuple):
 
 @dataclass(slots=True)
 class Decision:
-    """The engine's answer. Bucket details are kept as the store returned them and expanded
-    into :class:`BucketReport` only when asked, so the hot path allocates little."""
+    """The engine's answer. Bucket details are kept as the store returned them (columns) and
+    expanded into :class:`BucketReport` only when asked, so the hot path allocates little.
+
+    ``retry_after`` is None when allowed, ``math.inf`` when waiting can never help (a cost above
+    a bucket's capacity, an unknown tenant). ``header_plan`` is the precomputed static part of
+    the rate-limit headers (see :mod:`sluicegate.headers`).
+    """
 
     id: str
     outcome: Outcome
     reason: Reason
     delay: float
-    retry_after: float | None  # None when allowed, math.inf when waiting can never help
+    retry_after: float | None
     workload_class: str
     rules: tuple[Rule, ...]
-    keys: tuple[str, ...]
-    costs: tuple[float, ...]
-    results: tuple[BucketResult, ...]
+    keys: Sequence[str]
+    costs: Sequence[float]
+    result: BatchResult | None
     reserved_tokens: float = 0.0
     warning: str | None = None
+    header_plan: Any = None
 
     @property
     def allowed(self) -> bool:
@@ -96,10 +103,12 @@ class Decision:
 
     @property
     def buckets(self) -> list[BucketReport]:
+        if self.result is None:
+            return []
         return [
             BucketReport(rule, key, cost, *res)
             for rule, key, cost, res in zip(
-                self.rules, self.keys, self.costs, self.results, strict=True
+                self.rules, self.keys, self.costs, self.result.buckets, strict=True
             )
         ]
 

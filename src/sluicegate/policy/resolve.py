@@ -61,17 +61,17 @@ class Rule:
     rate: Rate | None  # None for concurrency
     scope: str | None = None  # class name for class-scoped buckets
     pool: str | None = None
+    #: Stable name used in headers and reports, e.g. ``session-tokens``, ``agent-requests-batch``.
+    name: str = field(init=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        head = f"pool-{self.pool}" if self.pool else self.plane.value
+        name = f"{head}-{self.axis.value}" + (f"-{self.scope}" if self.scope else "")
+        object.__setattr__(self, "name", name)
 
     @property
     def capacity(self) -> float:
         return self.limit.capacity
-
-    @property
-    def name(self) -> str:
-        """Stable name used in headers and reports, e.g. ``session-tokens`` or
-        ``agent-requests-batch``."""
-        head = f"pool-{self.pool}" if self.pool else self.plane.value
-        return f"{head}-{self.axis.value}" + (f"-{self.scope}" if self.scope else "")
 
     def scaled(self, factor: float, scope: str) -> Rule:
         """A class-scoped copy holding ``factor`` of this rule's rate and capacity."""

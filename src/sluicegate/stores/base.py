@@ -10,6 +10,7 @@ same atomic step.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from enum import IntEnum, StrEnum
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -60,15 +61,43 @@ class Reservation(NamedTuple):
 
 
 class Batch(NamedTuple):
-    """Everything one decision asks of the store."""
+    """Everything one decision asks of the store, column by column (the engine builds these
+    for every call, so they avoid per-bucket objects): bucket ``i`` is ``keys[i]`` with
+    ``limits[i]`` and consumes ``costs[i]``."""
 
-    ops: tuple[BucketOp, ...]
+    keys: Sequence[str]
+    limits: Sequence[Limit]
+    costs: Sequence[float]
     max_delay: float = 0.0
     reservation: Reservation | None = None
 
+    @classmethod
+    def of(
+        cls,
+        ops: Iterable[BucketOp],
+        max_delay: float = 0.0,
+        reservation: Reservation | None = None,
+    ) -> Batch:
+        """Build a batch from per-bucket ops (tests and hand-written callers)."""
+        ops = tuple(ops)
+        return cls(
+            tuple(o.key for o in ops),
+            tuple(o.limit for o in ops),
+            tuple(o.cost for o in ops),
+            max_delay,
+            reservation,
+        )
+
+    @property
+    def ops(self) -> tuple[BucketOp, ...]:
+        return tuple(map(BucketOp, self.keys, self.limits, self.costs))
+
 
 class BucketResult(NamedTuple):
-    """Per-bucket outcome. ``retry_after`` is 0 when this bucket admitted, ``inf`` if never."""
+    """Per-bucket outcome. ``retry_after`` is 0 when this bucket admitted, ``inf`` if never.
+
+    For a refused batch, a bucket that would have admitted reports its state as if it had
+    consumed (so the caller sees what the call would have left), though nothing was written."""
 
     allowed: bool
     remaining: int
@@ -77,11 +106,21 @@ class BucketResult(NamedTuple):
 
 
 class BatchResult(NamedTuple):
-    """Outcome of a batch: admitted as a whole (after ``delay`` seconds) or not at all."""
+    """Outcome of a batch: admitted as a whole (after ``delay`` seconds) or not at all.
+    Per-bucket values are columns aligned with the batch's ``keys``."""
 
     allowed: bool
     delay: float
-    buckets: tuple[BucketResult, ...]
+    remaining: Sequence[int]
+    reset: Sequence[float]
+    retry_after: Sequence[float]
+
+    @property
+    def buckets(self) -> tuple[BucketResult, ...]:
+        return tuple(
+            BucketResult(r <= 0.0, n, t, r)
+            for n, t, r in zip(self.remaining, self.reset, self.retry_after, strict=True)
+        )
 
 
 class SettleStatus(IntEnum):

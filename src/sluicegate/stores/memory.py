@@ -19,8 +19,8 @@ from sluicegate.algorithms import (
     concurrency_acquire,
     concurrency_release,
     fixed_window,
-    gcra,
     gcra_adjust,
+    gcra_step,
     sliding_window,
 )
 from sluicegate.stores.base import (
@@ -28,8 +28,6 @@ from sluicegate.stores.base import (
     Batch,
     BatchResult,
     BucketOp,
-    BucketResult,
-    Limit,
     SettleResult,
     SettleStatus,
 )
@@ -41,23 +39,14 @@ _CONC = Algorithm.CONCURRENCY
 _EMPTY_WINDOW: tuple[int, float, float] = (-(2**62), 0.0, 0.0)
 
 
-class _Record:
-    """A reservation kept for ``settle``."""
-
-    __slots__ = ("reserved", "token_ops", "concurrency_ops", "expires_at", "settled")
-
-    def __init__(
-        self,
-        reserved: float,
-        token_ops: list[tuple[str, Limit]],
-        concurrency_ops: list[tuple[str, float]],
-        expires_at: float,
-    ) -> None:
-        self.reserved = reserved
-        self.token_ops = token_ops
-        self.concurrency_ops = concurrency_ops
-        self.expires_at = expires_at
-        self.settled = False
+# A reservation kept for ``settle``: ``(reserved, expires_at, token_keys, token_periods,
+# token_is_gcra, concurrency_keys, concurrency_costs)``. Only atomic values, so the garbage
+# collector untracks these tuples: millions of open reservations cost memory, not GC time.
+# Once settled, the record is replaced by its bare ``expires_at`` (a float) for idempotency.
+_Record = tuple[
+    float, float, tuple[str, ...], tuple[float, ...], tuple[bool, ...], tuple[str, ...],
+    tuple[float, ...],
+]  # fmt: skip
 
 
 def _expired(value: Any, now: float) -> bool:
@@ -73,14 +62,14 @@ def _expired(value: Any, now: float) -> bool:
 class MemoryStore:
     """In-process bucket state; the embedded default."""
 
-    def __init__(self, *, sweep_interval: float = 1.0, sweep_batch: int = 512) -> None:
+    def __init__(self, *, sweep_interval: float = 1.0, sweep_batch: int = 64) -> None:
         self._buckets: dict[str, Any] = {}
-        self._records: dict[str, _Record] = {}
+        self._records: dict[str, _Record | float] = {}
         self._sweep_interval = sweep_interval
         self._sweep_batch = sweep_batch
         self._next_sweep = -math.inf
-        self._sweep_iter: Iterator[str] | None = None
-        self._records_iter: Iterator[str] | None = None
+        self._sweep_iter: Iterator[tuple[str, Any]] | None = None
+        self._records_iter: Iterator[tuple[str, _Record | float]] | None = None
 
     # -- introspection (tests, benchmarks, admin status) ------------------------------------
     def __len__(self) -> int:
@@ -103,60 +92,72 @@ class MemoryStore:
         if now >= self._next_sweep:
             self._sweep(now)
         buckets = self._buckets
-        ops = batch.ops
-        max_delay = batch.max_delay
-        results: list[BucketResult] = []
+        get = buckets.get
+        keys, limits, costs, max_delay, res = batch
+        remaining: list[int] = []
+        resets: list[float] = []
+        retries: list[float] = []
         pending: list[tuple[str, Any]] = []
         allowed = True
         delay = 0.0
-        for op in ops:
-            key, limit, cost = op
-            algo = limit.algorithm
+        for key, limit, cost in zip(keys, limits, costs, strict=True):
+            algo = limit[0]
             if algo is _GCRA:
-                tat = buckets.get(key, 0.0)
-                r = gcra(tat, now, cost, limit.period, limit.capacity, max_delay)
-                results.append(BucketResult(r.allowed, r.remaining, r.reset, r.retry_after))
-                if r.allowed:
-                    if r.tat != tat:
-                        pending.append((key, r.tat))
-                    if r.delay > delay:
-                        delay = r.delay
+                tat = get(key, 0.0)
+                ok, new_tat, wait, retry, left, reset = gcra_step(
+                    tat, now, cost, limit[1], limit[2], max_delay
+                )
+                remaining.append(left)
+                resets.append(reset)
+                retries.append(retry)
+                if ok:
+                    if new_tat != tat:
+                        pending.append((key, new_tat))
+                    if wait > delay:
+                        delay = wait
                 else:
                     allowed = False
             elif algo is _CONC:
-                held = buckets.get(key)
+                held = get(key)
                 in_flight = held[0] if held is not None and held[1] > now else 0.0
-                ok, new, remaining = concurrency_acquire(in_flight, cost, limit.capacity)
-                retry = 0.0 if ok else (math.inf if cost > limit.capacity else 1.0)
-                results.append(BucketResult(ok, remaining, 0.0, retry))
+                ok, new, left = concurrency_acquire(in_flight, cost, limit.capacity)
+                remaining.append(left)
+                resets.append(0.0)
+                retries.append(0.0 if ok else (math.inf if cost > limit.capacity else 1.0))
                 if ok:
                     pending.append((key, [new, now + limit.period]))
                 else:
                     allowed = False
             else:
-                stored = buckets.get(key)
+                stored = get(key)
                 state = stored[:3] if stored is not None else _EMPTY_WINDOW
                 fn = sliding_window if algo is _SLIDING else fixed_window
                 w = fn(state, now, cost, limit.capacity, limit.period)
-                results.append(BucketResult(w.allowed, w.remaining, w.reset, w.retry_after))
+                remaining.append(w.remaining)
+                resets.append(w.reset)
+                retries.append(0.0 if w.allowed else max(w.retry_after, 1e-6))
                 if w.allowed:
                     if w.state != state:
                         pending.append((key, (*w.state, limit.period)))
                 else:
                     allowed = False
         if not allowed:
-            return BatchResult(False, 0.0, tuple(results))
+            return BatchResult(False, 0.0, remaining, resets, retries)
         for key, value in pending:
             buckets[key] = value
-        res = batch.reservation
         if res is not None:
-            self._records[res.id] = _Record(
+            tok = res.token_ops
+            conc = res.concurrency_ops
+            self._records[res.id] = (
                 res.reserved,
-                [(ops[i].key, ops[i].limit) for i in res.token_ops],
-                [(ops[i].key, ops[i].cost) for i in res.concurrency_ops],
                 now + res.ttl,
+                tuple([keys[i] for i in tok]),
+                tuple([limits[i][1] for i in tok]),
+                tuple([limits[i][0] is _GCRA for i in tok]),
+                tuple([keys[i] for i in conc]) if conc else (),
+                tuple([costs[i] for i in conc]) if conc else (),
             )
-        return BatchResult(True, delay, tuple(results))
+        return BatchResult(True, delay, remaining, resets, retries)
 
     async def settle(self, reservation_id: str, actual: float, now: float) -> SettleResult:
         return self.settle_sync(reservation_id, actual, now)
@@ -164,24 +165,29 @@ class MemoryStore:
     def settle_sync(self, reservation_id: str, actual: float, now: float) -> SettleResult:
         """Synchronous body of :meth:`settle`."""
         record = self._records.get(reservation_id)
-        if record is None or record.expires_at <= now:
+        if record is None:
             return SettleResult(SettleStatus.UNKNOWN, 0.0)
-        if record.settled:
+        if isinstance(record, float):
+            if record <= now:
+                return SettleResult(SettleStatus.UNKNOWN, 0.0)
             return SettleResult(SettleStatus.DUPLICATE, 0.0)
-        record.settled = True
-        delta = actual - record.reserved
+        reserved, expires_at, tkeys, periods, is_gcra, ckeys, ccosts = record
+        if expires_at <= now:
+            return SettleResult(SettleStatus.UNKNOWN, 0.0)
+        self._records[reservation_id] = expires_at
+        delta = actual - reserved
         buckets = self._buckets
         if delta != 0:
-            for key, limit in record.token_ops:
-                if limit.algorithm is _GCRA:
-                    new_tat = gcra_adjust(buckets.get(key, 0.0), now, delta, limit.period)
+            for key, period, gcra_bucket in zip(tkeys, periods, is_gcra, strict=True):
+                if gcra_bucket:
+                    new_tat = gcra_adjust(buckets.get(key, 0.0), now, delta, period)
                     if new_tat > now:
                         buckets[key] = new_tat
                     else:
                         buckets.pop(key, None)
                 else:
-                    self._adjust_window(key, limit, delta, now)
-        for key, cost in record.concurrency_ops:
+                    self._adjust_window(key, period, delta, now)
+        for key, cost in zip(ckeys, ccosts, strict=True):
             held = buckets.get(key)
             if held is not None:
                 held[0] = concurrency_release(held[0], cost)
@@ -194,37 +200,39 @@ class MemoryStore:
         self._records.clear()
 
     # -- internals ----------------------------------------------------------------------------
-    def _adjust_window(self, key: str, limit: Limit, delta: float, now: float) -> None:
+    def _adjust_window(self, key: str, window: float, delta: float, now: float) -> None:
         """Settle on a window counter: add to (or take from, never below 0) the current count."""
         stored = self._buckets.get(key)
-        index = math.floor(now / limit.period)
+        index = math.floor(now / window)
         if stored is None or stored[0] != index:
             if delta <= 0:
                 return  # the window the reservation was counted in is gone; nothing to refund
             prev = stored[2] if stored is not None and stored[0] == index - 1 else 0.0
-            self._buckets[key] = (index, prev, delta, limit.period)
+            self._buckets[key] = (index, prev, delta, window)
             return
-        self._buckets[key] = (index, stored[1], max(0.0, stored[2] + delta), limit.period)
+        self._buckets[key] = (index, stored[1], max(0.0, stored[2] + delta), window)
 
     def _sweep(self, now: float) -> None:
-        """Drop up to ``sweep_batch`` idle buckets and expired reservations."""
+        """Drop up to ``sweep_batch`` idle buckets and expired reservations.
+
+        Works through a snapshot of the items; a key is dropped only if it still holds the
+        snapshotted value (an update in between made it live again)."""
         budget = self._sweep_batch
         buckets = self._buckets
         if self._sweep_iter is None:
-            self._sweep_iter = iter(list(buckets))
-        for key in self._sweep_iter:
-            value = buckets.get(key)
-            if value is not None and _expired(value, now):
+            self._sweep_iter = iter(list(buckets.items()))
+        for key, value in self._sweep_iter:
+            if _expired(value, now) and buckets.get(key) is value:
                 del buckets[key]
             budget -= 1
             if budget <= 0:
                 return
         records = self._records
         if self._records_iter is None:
-            self._records_iter = iter(list(records))
-        for rid in self._records_iter:
-            record = records.get(rid)
-            if record is not None and record.expires_at <= now:
+            self._records_iter = iter(list(records.items()))
+        for rid, record in self._records_iter:
+            expires_at = record if isinstance(record, float) else record[1]
+            if expires_at <= now and records.get(rid) is record:
                 del records[rid]
             budget -= 1
             if budget <= 0:
@@ -237,4 +245,4 @@ class MemoryStore:
 
 def batch_of(*ops: BucketOp, max_delay: float = 0.0) -> Batch:
     """Convenience for tests and callers building a batch by hand."""
-    return Batch(tuple(ops), max_delay, None)
+    return Batch.of(ops, max_delay)
