@@ -38,8 +38,7 @@ def test_validate_broken_prints_every_problem_and_exits_1(tmp_path: Path) -> Non
     lines = r.stderr.strip().splitlines()
     assert lines[0].startswith(f"{bad}:3: tiers.pro.agent.brust: unknown key 'brust'")
     assert (
-        lines[1]
-        == f"{bad}:3: tiers.pro.agent.requests: invalid rate '5/minn': "
+        lines[1] == f"{bad}:3: tiers.pro.agent.requests: invalid rate '5/minn': "
         "unknown time unit 'minn' (use s, min, h or d)"
     )
     assert lines[-1] == f"{bad}: invalid (2 problems)"
