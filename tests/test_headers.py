@@ -6,7 +6,7 @@ import pytest
 
 from sluicegate.clock import VirtualClock
 from sluicegate.engine import Engine, RequestContext
-from sluicegate.headers import go_duration, render_headers
+from sluicegate.headers import go_duration, quota_window, render_headers
 from sluicegate.policy import policy_from_text
 from sluicegate.stores import MemoryStore
 
@@ -76,3 +76,12 @@ async def test_never_fitting_cost_has_no_retry_after() -> None:
     d = await engine.decide(RequestContext("x", "a", "s", workload_class="realtime", tokens=10_000))
     h = dict(render_headers(d))
     assert not d.allowed and "retry-after" not in h
+
+
+@pytest.mark.parametrize(
+    ("count", "period", "qw"),
+    [(600, 60, (600, 60)), (7.5, 60, (15, 120)), (10, 0.1, (100, 1)), (2.5, 1, (5, 2)),
+     (1 / 3, 1, (1, 3)), (1 / 7, 1, (0, 1)), (2e6, 60, (2000000, 60))],
+)  # fmt: skip
+def test_quota_window_is_integral(count: float, period: float, qw: tuple[int, int]) -> None:
+    assert quota_window(count, period) == qw

@@ -1,7 +1,7 @@
 """Every rate-limit HTTP header, rendered from a :class:`~sluicegate.engine.Decision` here only.
 
-* IETF ``RateLimit-Policy`` / ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers, structured
-  field lists): one item per plane and axis, e.g.
+* IETF ``RateLimit-Policy`` / ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers-10,
+  structured field lists): one item per plane and axis, e.g.
   ``RateLimit-Policy: "tenant-requests";q=600;w=60, "session-tokens";q=100000;w=60;qu="tokens"``
   and ``RateLimit: "tenant-requests";r=119;t=1, ...``. ``q``/``w`` state the rate (quota per
   window); ``r`` counts whole units left now and ``t`` is the seconds until the bucket is full.
@@ -49,13 +49,27 @@ def go_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+def quota_window(count: float, period: float) -> tuple[int, int]:
+    """``(q, w)`` as the draft requires them: non-negative integers, ``w >= 1`` second. A
+    fractional count or sub-second period is scaled up exactly where a small multiple allows
+    (7.5/min -> q=15;w=120, 10/100ms -> q=100;w=1), else rounded down (never overstated)."""
+    for k in (1, 2, 3, 4, 5, 8, 10, 20, 25, 50, 100, 1000):
+        q, w = count * k, period * k
+        if w >= 1 and abs(q - round(q)) < 1e-9 and abs(w - round(w)) < 1e-9:
+            return int(round(q)), int(round(w))
+    w = max(1, math.ceil(period))
+    return max(0, math.floor(count * w / period)), w
+
+
 def policy_item(rule: Rule) -> str:
-    """The ``RateLimit-Policy`` item of one rule."""
+    """The ``RateLimit-Policy`` item of one rule. ``qu`` is omitted for requests (the draft's
+    default unit) and is ``concurrent-requests`` for in-flight limits; ``tokens`` and
+    ``cost-units`` are not in the draft's quota-unit registry, so clients that only know the
+    registered units should treat those items as opaque."""
     if rule.rate is None:
         return f'"{rule.name}";q={rule.capacity:.0f}{_UNIT[rule.axis]}'
-    quota = rule.rate.count
-    q = f"{quota:.0f}" if quota == int(quota) else f"{quota:.3f}".rstrip("0")
-    return f'"{rule.name}";q={q};w={math.ceil(rule.rate.period)}{_UNIT[rule.axis]}'
+    q, w = quota_window(rule.rate.count, rule.rate.period)
+    return f'"{rule.name}";q={q};w={w}{_UNIT[rule.axis]}'
 
 
 @dataclass(frozen=True, slots=True)
