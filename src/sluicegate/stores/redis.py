@@ -255,7 +255,7 @@ class RedisStore:
         timeout: float = DEFAULT_TIMEOUT,
         micro_batch: bool = True,
         max_batch: int = 256,
-        max_inflight: int = 2,
+        max_inflight: int = 4,
         max_pending: int = 10_000,
         use_caller_clock: bool = False,
         ttl_slack: float = 0.0,
