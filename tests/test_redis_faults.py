@@ -170,7 +170,10 @@ async def test_redis_killed_mid_load_and_restarted(
             assert 1 <= outage.count("allowed") <= 11
             assert store.counters.local_decisions >= len(down)
         assert load.max_latency <= TIMEOUT + SLACK, load.max_latency
-        assert store.counters.degraded == 1 and store.counters.recovered == 1
+        # A restart can flap once (a probe passes, the next call times out): every
+        # degradation must still be followed by a recovery.
+        assert store.counters.degraded >= 1
+        assert store.counters.recovered == store.counters.degraded
         assert recovered - restarted < 1.0  # the next probe after the backoff
         # Before the kill and after recovery the shared bucket was used as usual.
         assert "allowed" in load.between(0, killed)
