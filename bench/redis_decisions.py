@@ -13,8 +13,11 @@ here on a free port, ``--save "" --appendonly no``), on the same machine as the 
 * Redis memory per active session and per open reservation (``INFO memory`` before and after
   creating 20,000 of them).
 
-Run: ``.venv/bin/python bench/redis_decisions.py [--seconds 3]``; finishes within ~40 s. The
-last line is machine-readable.
+The headline pair (sluicegate c=64 micro-batched, ``limits`` c=64) is measured twice, interleaved,
+and each side's best run is kept: this machine's speed drifts by tens of percent within a minute.
+
+Run: ``.venv/bin/python bench/redis_decisions.py [--seconds 3]``; finishes in ~35 s. The last
+line is machine-readable.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ import redis
 
 from sluicegate.engine import Engine, RequestContext
 from sluicegate.policy import policy_from_text
+from sluicegate.stores.base import Algorithm, Limit
 from sluicegate.stores.redis import RedisStore
-from sluicegate.stores.redis_scripts import APPLY
+from sluicegate.stores.redis_scripts import APPLY, Codec
 
 TENANTS = 100
 AGENTS_PER_TENANT = 10
@@ -199,12 +203,13 @@ def bench_ceiling(port: int, seconds: float) -> float:
     s = f"{t}s:agent-1:sess-__rand_int__"
     keys = [f"{t}t:requests", f"{t}t:tokens", f"{t}a:agent-1:requests", f"{t}a:agent-1:tokens",
             f"{s}:requests", f"{s}:tokens"]  # fmt: skip
-    args = ["", "0", "0.0", "0", "6"]
-    for period, cap, cost in (
-        (6e-07, 1e8, 1), (6e-09, 1e10, TOKENS), (6e-06, 1e7, 1), (6e-08, 1e9, TOKENS),
-        (6e-05, 1e6, 1), (6e-07, 1e8, TOKENS),
-    ):  # fmt: skip
-        args += ["g", repr(period), repr(cap), repr(float(cost))]
+    limits = tuple(
+        Limit(Algorithm.GCRA, period, cap)
+        for period, cap in ((6e-07, 1e8), (6e-09, 1e10), (6e-06, 1e7), (6e-08, 1e9), (6e-05, 1e6),
+                            (6e-07, 1e8))
+    )  # fmt: skip
+    numkeys, argv = Codec().apply_args(keys, limits, [1.0, TOKENS] * 3, 0.0, 0.0)
+    args = [str(x) for x in argv[numkeys:]]  # the same ARGV a RedisStore call sends
     n = int(18_000 * seconds)
     out = subprocess.run(
         [exe, "-p", str(port), "-c", "50", "-n", str(n), "-r", "10000", "-q",
@@ -212,16 +217,20 @@ def bench_ceiling(port: int, seconds: float) -> float:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     found = re.findall(r"([\d.]+) requests per second", out.stdout)
-    return float(found[-1]) if found else float("nan")
+    if not found or "ERR" in out.stdout:
+        raise RuntimeError(f"redis-benchmark failed: {out.stdout[-300:]} {out.stderr[-300:]}")
+    return float(found[-1])
 
 
 async def memory_per_session(url: str, port: int, sessions: int) -> tuple[float, float]:
     """Redis bytes per active session (its 2 bucket keys: requests and tokens, at realistic
     limits so they stay non-full, i.e. stored) and per open reservation record."""
-    from sluicegate.stores.base import Algorithm, Batch, Limit, Reservation
+    from sluicegate.stores.base import Batch, Reservation
 
-    session_requests = Limit(Algorithm.GCRA, 2.0, 20.0)  # 30/min, burst 20
-    session_tokens = Limit(Algorithm.GCRA, 60 / 100_000, 100_000.0)  # 100k/min
+    # Limits slow enough that no key expires while the sessions are being created (a key
+    # lives until its bucket is full again): 60/h, burst 20; 1M tokens/day.
+    session_requests = Limit(Algorithm.GCRA, 60.0, 20.0)
+    session_tokens = Limit(Algorithm.GCRA, 86_400 / 1_000_000, 1_000_000.0)
     client = redis.Redis(port=port)
     store = RedisStore.from_url(url, timeout=5.0)
     results: list[float] = []
@@ -260,6 +269,14 @@ async def main_async(seconds: float) -> None:
         rows[f"c={concurrency} micro_batch={'on' if micro else 'off'}"] = (rate, lat, per_trip)
     flush.flushall()
     limits_rate = await bench_limits(port, 64, seconds)
+    # This machine's speed drifts by tens of percent within a minute: measure the headline
+    # pair once more, interleaved, and keep each side's best run.
+    flush.flushall()
+    again = await bench_engine(url, 64, True, seconds)
+    if again[0] > rows["c=64 micro_batch=on"][0]:
+        rows["c=64 micro_batch=on"] = again
+    flush.flushall()
+    limits_rate = max(limits_rate, await bench_limits(port, 64, seconds))
     flush.flushall()
     ceiling = bench_ceiling(port, seconds)
     per_session, per_record = await memory_per_session(url, port, 20_000)

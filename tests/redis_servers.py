@@ -288,9 +288,11 @@ class RedisClusterProcesses:
 
 @atexit.register
 def _kill_everything() -> None:
+    """Last resort (an interrupted run, a fixture that never finalized): kill every server
+    still running and remove its directory."""
     for proc in list(_LIVE):
         with contextlib.suppress(Exception):
-            proc.kill()
+            proc.close()
 
 
 # -- pytest fixtures (register in tests/conftest.py) --------------------------------------------

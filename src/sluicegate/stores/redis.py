@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -146,6 +147,8 @@ class _Pipeliner:
                     call.future.set_exception(err)
             if isinstance(exc, asyncio.CancelledError):
                 raise
+            if isinstance(exc, rexc.ConnectionError | OSError):
+                await _drop_idle_connections(self._client)
         else:
             for call, reply in zip(batch, replies, strict=True):
                 if call.future.done():
@@ -221,13 +224,59 @@ class _Pipeliner:
         self._pending.clear()
 
 
-def _expire(future: asyncio.Future[Any], address: str, timeout: float) -> None:
-    if not future.done():
-        future.set_exception(
-            StoreUnavailable(
-                f"cannot reach redis at {address}: no answer within {timeout * 1000:g} ms"
-            )
-        )
+async def _drop_idle_connections(client: aredis.Redis) -> None:
+    """After a connection error, close the pool's idle connections too: after a restart they
+    are all dead, and each would fail one more call (and flap the failover state) before
+    being replaced."""
+    try:
+        await client.connection_pool.disconnect(inuse_connections=False)
+    except Exception:  # best effort, on a connection that already failed
+        pass
+
+
+class _Deadlines:
+    """Fails futures still pending ``timeout`` seconds after they were added, with one timer
+    for all of them: every call gets the same timeout, so deadlines arrive in order and the
+    head of a deque is always the next to expire (a timer per call cost more than encoding
+    the call)."""
+
+    def __init__(self, timeout: float, address: str) -> None:
+        self._timeout = timeout
+        self._address = address
+        self._queue: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+        deadline = loop.time() + self._timeout
+        self._queue.append((deadline, future))
+        if self._handle is None:
+            self._handle = loop.call_at(deadline, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._handle = None
+        now = loop.time()
+        queue = self._queue
+        while queue:
+            deadline, future = queue[0]
+            if future.done():
+                queue.popleft()
+            elif deadline <= now:
+                queue.popleft()
+                future.set_exception(
+                    StoreUnavailable(
+                        f"cannot reach redis at {self._address}: no answer within "
+                        f"{self._timeout * 1000:g} ms"
+                    )
+                )
+            else:
+                self._handle = loop.call_at(deadline, self._fire, loop)
+                return
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._queue.clear()
 
 
 class RedisStore:
@@ -239,8 +288,9 @@ class RedisStore:
     ``timeout``          seconds one call may take, including queueing (default 50 ms)
     ``micro_batch``      pipeline concurrent calls into shared round trips (default on)
     ``max_batch``        calls per pipeline (default 256)
-    ``max_inflight``     pipelines on the wire at once (default 2: one being answered while the
-                         next fills keeps both Redis and the client busy)
+    ``max_inflight``     pipelines on the wire at once (default 4: waiting calls are spread over
+                         the free slots, so Redis runs one pipeline while the client encodes or
+                         decodes another; one big pipeline per round leaves one side idle)
     ``use_caller_clock`` use the caller's ``now`` instead of Redis ``TIME`` (tests, simulator)
     ``ttl_slack``        seconds added to every key TTL (for virtual clocks; default 0)
     ``max_connections``  size of the client's pool (``from_url``); unbatched calls queue for a
@@ -285,6 +335,7 @@ class RedisStore:
             else None
         )
         self.direct_calls = 0
+        self._deadlines = _Deadlines(timeout, address)
         # Unbatched calls each hold a pooled connection; waiting for one (within the timeout)
         # beats redis-py's "Too many connections" error under bursts of concurrency.
         self._connections = asyncio.Semaphore(max(1, max_connections - max_inflight - 1))
@@ -379,6 +430,7 @@ class RedisStore:
     async def aclose(self) -> None:
         if self._pipeliner is not None:
             await self._pipeliner.aclose()
+        self._deadlines.cancel()
         if self._owns_client:
             await self._client.aclose()
 
@@ -388,13 +440,8 @@ class RedisStore:
         if pipeliner is None:
             return await self._direct(script, numkeys, args)
         future = pipeliner.submit(script, numkeys, args)
-        handle = asyncio.get_running_loop().call_later(
-            self.timeout, _expire, future, self.address, self.timeout
-        )
-        try:
-            return await future
-        finally:
-            handle.cancel()
+        self._deadlines.add(asyncio.get_running_loop(), future)
+        return await future
 
     async def _direct(self, script: LuaScript, numkeys: int, args: Sequence[Any]) -> Any:
         """One EVALSHA through redis-py's registered script (it reloads on NOSCRIPT)."""
@@ -410,4 +457,6 @@ class RedisStore:
                     f"cannot reach redis at {self.address}: no answer within "
                     f"{self.timeout * 1000:g} ms"
                 ) from None
+            if isinstance(exc, rexc.ConnectionError | OSError):
+                await _drop_idle_connections(self._client)
             raise convert_error(exc, self.address) from exc

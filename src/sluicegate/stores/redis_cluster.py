@@ -109,6 +109,13 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     return nodes, options
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a background task's exception as seen: its caller may have stopped waiting (the
+    error was reported to it as a timeout), and asyncio would log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _Pending:
     """A multi-phase decision's progress, so the caller may stop waiting but the phases
     (and their compensation) still run to the end."""
@@ -217,10 +224,15 @@ class RedisClusterStore:
         task = asyncio.ensure_future(self._apply_phases(batch, now, groups, rkey, rslot, pending))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(_retrieve)
         try:
             async with asyncio.timeout(self.timeout):
                 return await asyncio.shield(task)
         except TimeoutError:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                return task.result()  # it finished as the timer fired: not abandoned
+            # The task checks this flag after its last phase, with no await in between, so
+            # an admission is either returned above or refunded by the task: never both.
             pending.abandoned = True
             raise StoreUnavailable(
                 f"cannot reach redis at cluster {self.address}: no answer within "
@@ -237,6 +249,7 @@ class RedisClusterStore:
             task = asyncio.ensure_future(self._settle_foreign(decode_entries(foreign), result, now))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+            task.add_done_callback(_retrieve)
             try:
                 async with asyncio.timeout(self.timeout):
                     await asyncio.shield(task)

@@ -111,7 +111,7 @@ class Codec:
     depend on it).
     """
 
-    __slots__ = ("use_caller_clock", "slack_ms", "_limits")
+    __slots__ = ("use_caller_clock", "slack_ms", "_limits", "_blocks")
 
     def __init__(self, *, use_caller_clock: bool = False, ttl_slack: float = 0.0) -> None:
         if ttl_slack < 0:
@@ -119,6 +119,7 @@ class Codec:
         self.use_caller_clock = use_caller_clock
         self.slack_ms = int(round(ttl_slack * 1000))
         self._limits: dict[Limit, tuple[str, str, str]] = {}
+        self._blocks: dict[int, tuple[Sequence[Limit], list[str]]] = {}
 
     def now_arg(self, now: float) -> str:
         return repr(float(now)) if self.use_caller_clock else ""
@@ -155,14 +156,29 @@ class Codec:
         if record is not None:
             out.append(record[0])
         out += (self.now_arg(now), self.slack_ms, repr(float(max_delay)), mode, n)
-        limit_args = self.limit_args
-        for limit, cost in zip(limits, costs, strict=True):
-            out += limit_args(limit)
-            out.append(repr(float(cost)))
+        out += self.limits_block(limits)
+        out += [repr(float(c)) for c in costs]
         if record is not None:
             out += (repr(float(record[1])), repr(float(record[2])), record[3], record[4])
             return n + 1, out
         return n, out
+
+    def limits_block(self, limits: Sequence[Limit]) -> list[str]:
+        """The ``algorithm, period, capacity`` arguments of every op, cached per limits tuple:
+        the engine passes the same tuple for every decision of a plan. (Only tuples: a list
+        could change under the same id.)"""
+        cached = self._blocks.get(id(limits))
+        if cached is not None and cached[0] is limits:
+            return cached[1]
+        block: list[str] = []
+        for limit in limits:
+            block += self.limit_args(limit)
+        if type(limits) is not tuple:
+            return block
+        if len(self._blocks) >= 4096:
+            self._blocks.clear()
+        self._blocks[id(limits)] = (limits, block)  # holding `limits` keeps its id unique
+        return block
 
     def reservation_entries(self, batch: Batch) -> list[Entry]:
         """The adjustments ``settle`` will apply, tokens first, then concurrency releases

@@ -12,8 +12,10 @@
 --              an admitted reply also returns each op's value before and after (for an exact
 --              compensation by adjust.lua if a later slot refuses)
 -- ARGV[5]      n, the number of ops
--- ARGV[6..]    per op, 4 values: algorithm ('g' GCRA, 's' sliding window, 'f' fixed window,
---              'c' concurrency), period, capacity, cost (floats as Python repr)
+-- ARGV[6..]    per op, 3 values: algorithm ('g' GCRA, 's' sliding window, 'f' fixed window,
+--              'c' concurrency), period, capacity (floats as Python repr; the client caches
+--              this block per set of limits)
+-- then         per op, its cost
 -- then, iff KEYS[n+1] is given, 4 values: reserved tokens, record ttl (s),
 --              local adjustments (JSON list), foreign adjustments (JSON list; other slots)
 --
@@ -37,13 +39,15 @@ local nw = 0
 local allowed = true
 local delay = 0.0
 local a = 6
+local c = 6 + 3 * n
 for i = 1, n do
   local key = KEYS[i]
   local algo = ARGV[a]
   local period = tonumber(ARGV[a + 1])
   local capacity = tonumber(ARGV[a + 2])
-  local cost = tonumber(ARGV[a + 3])
-  a = a + 4
+  local cost = tonumber(ARGV[c])
+  a = a + 3
+  c = c + 1
   local ok, remaining, reset, retry
   if algo == 'g' then
     local tat = read_tat(key)
@@ -124,6 +128,7 @@ for j = 1, nw do
   end
 end
 local record = KEYS[n + 1]
+a = 6 + 4 * n
 if record then
   -- One string (not a hash): one SET instead of DEL + HSET + PEXPIRE, and less memory.
   -- Layout: settled flag (first byte, flipped in place by settle.lua), reserved, expiry,
