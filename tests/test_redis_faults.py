@@ -21,12 +21,7 @@ from sluicegate.stores.base import Algorithm, Batch, BucketOp, Limit
 from sluicegate.stores.failover import FailoverStore
 from sluicegate.stores.redis import RedisStore
 from sluicegate.stores.redis_cluster import RedisClusterStore, slot_of
-from tests.redis_servers import (  # noqa: F401 - fixtures
-    RedisClusterProcesses,
-    RedisProcess,
-    redis_cluster_factory,
-    redis_server_factory,
-)
+from tests.redis_servers import RedisClusterProcesses, RedisProcess
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
@@ -198,7 +193,8 @@ async def test_redis_paused_beyond_the_timeout(
         during = load.between(paused + TIMEOUT + 0.01, resumed)
         assert len(during) > 100 and set(during) == {"unavailable"}
         assert load.max_latency <= TIMEOUT + SLACK, load.max_latency
-        assert store.counters.degraded == 1 and store.counters.recovered == 1
+        assert store.counters.degraded >= 1
+        assert store.counters.recovered == store.counters.degraded
         assert recovered - resumed < 1.0
         assert set(load.between(recovered + 0.05, time.monotonic())) == {"allowed"}
         await assert_exact(store, "sg:{pause}:after:")

@@ -20,7 +20,6 @@ import pytest
 
 from tests.redis_servers import (
     RedisProcess,
-    redis_server,  # noqa: F401 - session fixture
 )
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]

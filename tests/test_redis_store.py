@@ -31,17 +31,12 @@ from sluicegate.stores.memory import MemoryStore
 from sluicegate.stores.redis import RedisStore
 from sluicegate.stores.redis_cluster import RedisClusterStore, slot_of
 from sluicegate.stores.url import open_store, parse_store_url
-from tests import conftest as _conftest
-from tests import test_store_contract as _contract
-from tests.redis_servers import (  # noqa: F401 - session fixtures
-    STORE_KINDS,
+from tests.redis_servers import (
     TEST_TTL_SLACK,
     RedisClusterProcesses,
     RedisProcess,
     free_port,
     make_test_store,
-    redis_cluster,
-    redis_server,
 )
 
 pytestmark = [pytest.mark.redis, pytest.mark.asyncio(loop_scope="session")]
@@ -61,22 +56,6 @@ def cluster(request: pytest.FixtureRequest) -> RedisClusterProcesses:
     """The session's 6-node cluster."""
     result: RedisClusterProcesses = request.getfixturevalue("redis_cluster")
     return result
-
-
-@pytest.fixture(params=STORE_KINDS)
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    """A fresh, empty store of each kind on the caller's clock."""
-    s: Store = await make_test_store(request.param, request)
-    yield s
-    await s.aclose()
-
-
-# The engine issue's contract suite, unchanged, against every kind (it uses the fixture above),
-# unless tests/conftest.py already parametrizes its own ``store`` fixture over the Redis kinds.
-if "redis" not in getattr(_conftest, "STORE_KINDS", ()):
-    for _name in dir(_contract):
-        if _name.startswith("test_"):
-            globals()[_name] = getattr(_contract, _name)
 
 
 def gcra(per_second: float, burst: float) -> Limit:

@@ -13,11 +13,11 @@ import sys
 from collections.abc import Sequence
 
 from sluicegate.clock import VirtualClock
-from sluicegate.engine import Engine, RequestContext
-from sluicegate.errors import PolicyError, SluicegateError
+from sluicegate.engine import Engine, RequestContext, open_engine
+from sluicegate.errors import ConfigurationError, PolicyError, SluicegateError, StoreUnavailable
 from sluicegate.headers import render_headers
 from sluicegate.policy import load_policy, parse_duration
-from sluicegate.stores import MemoryStore
+from sluicegate.stores import MemoryStore, parse_store_url
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -35,9 +35,26 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 async def _run_checks(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
-    clock = VirtualClock(0.0)
-    engine = Engine(policy, MemoryStore(), clock)
     interval = parse_duration(args.interval)
+    url = args.store or policy.store_url
+    clock = VirtualClock(0.0)
+    if parse_store_url(url).kind == "memory":
+        engine = Engine(policy, MemoryStore(), clock)
+        virtual = True
+    else:
+        # A shared store keeps its own time (Redis TIME): intervals are really waited.
+        engine = await open_engine(policy, store_url=url)
+        virtual = False
+    try:
+        return await _check_loop(args, engine, clock if virtual else None, interval)
+    finally:
+        await engine.aclose()
+
+
+async def _check_loop(
+    args: argparse.Namespace, engine: Engine, clock: VirtualClock | None, interval: float
+) -> int:
+    started = engine.clock.now()
     allowed = 0
     for i in range(args.repeat):
         ctx = RequestContext(
@@ -59,7 +76,7 @@ async def _run_checks(args: argparse.Namespace) -> int:
             print(
                 json.dumps(
                     {
-                        "t": round(clock.now(), 6),
+                        "t": round(engine.clock.now() - started, 6),
                         "outcome": decision.outcome.value,
                         "reason": decision.reason.value,
                         "class": decision.workload_class,
@@ -71,14 +88,18 @@ async def _run_checks(args: argparse.Namespace) -> int:
                 )
             )
         else:
-            print(f"#{i + 1} t={clock.now():.3f}s {decision.outcome.value}: {decision.explain()}")
+            t = engine.clock.now() - started
+            print(f"#{i + 1} t={t:.3f}s {decision.outcome.value}: {decision.explain()}")
             if decision.warning:
                 print(f"    warning: {decision.warning}")
             if not args.quiet:
                 for name, value in render_headers(decision):
                     print(f"    {name}: {value}")
         if interval:
-            clock.advance(interval)
+            if clock is not None:
+                clock.advance(interval)
+            else:
+                await asyncio.sleep(interval)
     if not args.json:
         print(f"{allowed}/{args.repeat} admitted")
     return 0
@@ -96,6 +117,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return 1
+    except (ConfigurationError, StoreUnavailable) as exc:
+        print(f"sluicegate check: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:
         print(f"sluicegate check: {exc}", file=sys.stderr)
@@ -126,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--method", default="POST")
     c.add_argument("--path", default="/v1/chat/completions")
     c.add_argument("--pool")
+    c.add_argument(
+        "--store",
+        metavar="URL",
+        help="memory, redis://host:port/db, rediss://..., redis+cluster://h:p,h:p "
+        "(default: the policy's store:)",
+    )
     c.add_argument("--repeat", type=int, default=1)
     c.add_argument("--interval", default="0s", help="virtual time between calls, e.g. 100ms")
     c.add_argument("--json", action="store_true", help="one JSON object per decision")

@@ -2,6 +2,7 @@
 
 from sluicegate.engine.core import Engine, bucket_prefix, safe_id
 from sluicegate.engine.decision import BucketReport, Decision, Outcome, Reason, RequestContext
+from sluicegate.engine.factory import open_engine
 
 __all__ = [
     "BucketReport",
@@ -11,5 +12,6 @@ __all__ = [
     "Reason",
     "RequestContext",
     "bucket_prefix",
+    "open_engine",
     "safe_id",
 ]

@@ -19,9 +19,10 @@ from urllib.parse import quote
 
 from sluicegate.clock import Clock, MonotonicClock
 from sluicegate.engine.decision import Decision, Outcome, Reason, RequestContext
+from sluicegate.errors import StoreError
 from sluicegate.headers import header_plan
 from sluicegate.policy.resolve import Axis, Plane, Policy, Rule
-from sluicegate.stores.base import Batch, Limit, Reservation, SettleResult, Store
+from sluicegate.stores.base import Batch, BatchResult, Limit, Reservation, SettleResult, Store
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._\-]{1,128}")
 _PLAN_CACHE_MAX = 100_000
@@ -67,6 +68,30 @@ class _Plan:
     max_wait: float
     class_name: str
     headers: Any
+    id_prefix: str
+    shadow: _Plan | None = None
+
+
+_EMPTY_RESULT = BatchResult(True, 0.0, (), (), ())
+
+
+def _keys_and_costs(
+    plan: _Plan, agent: str, agent_session: str, tokens: float, units: float
+) -> tuple[list[str], list[float]]:
+    """The bucket keys and costs of one call under ``plan``."""
+    keys: list[str] = []
+    costs: list[float] = []
+    for kind, prefix, suffix, cost_kind in zip(
+        plan.kinds, plan.prefixes, plan.suffixes, plan.cost_kinds, strict=True
+    ):
+        if kind == _TENANT or kind == _POOL:
+            keys.append(prefix)
+        elif kind == _AGENT:
+            keys.append(f"{prefix}{agent}{suffix}")
+        else:
+            keys.append(f"{prefix}{agent_session}{suffix}")
+        costs.append(1.0 if cost_kind == _ONE else (tokens if cost_kind == _TOKENS else units))
+    return keys, costs
 
 
 def bucket_prefix(tenant: str) -> str:
@@ -121,6 +146,17 @@ class Engine:
             rules = tuple(r for r in rules if r.plane is not Plane.SESSION)
         if pool is not None:
             rules = rules + policy.pools.get(pool, ())
+        shadow_rules = tuple(r for r in rules if r.shadow)
+        shadow = None
+        if shadow_rules:
+            rules = tuple(r for r in rules if not r.shadow)
+            shadow = self._build_plan(tenant, class_name, shadow_rules, None)
+        return self._build_plan(tenant, class_name, rules, shadow)
+
+    def _build_plan(
+        self, tenant: str, class_name: str, rules: tuple[Rule, ...], shadow: _Plan | None
+    ) -> _Plan:
+        policy = self._policy
         head = bucket_prefix(tenant)
         prefixes, suffixes = [], []
         for r in rules:
@@ -149,10 +185,18 @@ class Engine:
             max_wait=policy.classes[class_name].max_wait,
             class_name=class_name,
             headers=header_plan(rules),
+            # Decision ids carry the tenant's hash tag, so on Redis Cluster the reservation
+            # record lands in the same slot as the tenant's buckets (one script call).
+            id_prefix=f"{{{safe_id(tenant)}}}{self._id_prefix}-",
+            shadow=shadow,
         )
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids):x}"
+
+    async def aclose(self) -> None:
+        """Close the store."""
+        await self.store.aclose()
 
     async def decide(self, ctx: RequestContext) -> Decision:
         """Check and consume every bucket that applies to ``ctx``, atomically."""
@@ -173,50 +217,80 @@ class Engine:
             if len(plans) < _PLAN_CACHE_MAX:
                 plans[plan_key] = plan
         agent = safe_id(ctx.agent)
-        if session is not None:
-            agent_session = f"{agent}:{safe_id(session)}"
+        agent_session = f"{agent}:{safe_id(session)}" if session is not None else agent
         tokens = float(ctx.tokens)
         units = 1.0
-        if plan.uses_units:
+        if plan.uses_units or (plan.shadow is not None and plan.shadow.uses_units):
             units = (
                 ctx.cost_units
                 if ctx.cost_units is not None
                 else self._policy.cost_units(ctx.method, ctx.path)
             )
-        keys: list[str] = []
-        costs: list[float] = []
-        for kind, prefix, suffix, cost_kind in zip(
-            plan.kinds, plan.prefixes, plan.suffixes, plan.cost_kinds, strict=True
-        ):
-            if kind == _TENANT or kind == _POOL:
-                keys.append(prefix)
-            elif kind == _AGENT:
-                keys.append(f"{prefix}{agent}{suffix}")
-            else:
-                keys.append(f"{prefix}{agent_session}{suffix}")
-            costs.append(1.0 if cost_kind == _ONE else (tokens if cost_kind == _TOKENS else units))
+        keys, costs = _keys_and_costs(plan, agent, agent_session, tokens, units)
         max_wait = plan.max_wait if ctx.max_wait is None else min(plan.max_wait, ctx.max_wait)
-        decision_id = f"{self._id_prefix}-{next(self._ids):x}"
+        decision_id = f"{plan.id_prefix}{next(self._ids):x}"
         reservation = None
         if (plan.token_ops and tokens > 0) or plan.concurrency_ops:
             reservation = Reservation(
                 decision_id, tokens, plan.token_ops, plan.concurrency_ops, self._policy.settle_ttl
             )
-        result = await self.store.apply(
-            Batch(keys, plan.limits, costs, max_wait, reservation), self.clock.now()
-        )
-        if result.allowed:
+        try:
+            if keys:
+                result = await self.store.apply(
+                    Batch(keys, plan.limits, costs, max_wait, reservation), self.clock.now()
+                )
+            else:
+                result = _EMPTY_RESULT
+            if result.allowed:
+                decision = Decision(
+                    decision_id, Outcome.WAIT if result.delay > 0 else Outcome.ALLOW, Reason.OK,
+                    result.delay, None, class_name, plan.rules, keys, costs, result,
+                    tokens if reservation is not None else 0.0, warning, plan.headers,
+                )  # fmt: skip
+                if plan.shadow is not None:
+                    await self._shadow(decision, plan.shadow, agent, agent_session, tokens, units)
+                return decision
+        except StoreError as exc:
+            # The store (or its fail_closed wrapper) could not decide: refuse, say so, and let
+            # the adapter render 503 with a short Retry-After.
             return Decision(
-                decision_id, Outcome.WAIT if result.delay > 0 else Outcome.ALLOW, Reason.OK,
-                result.delay, None, class_name, plan.rules, keys, costs, result,
-                tokens if reservation is not None else 0.0, warning, plan.headers,
+                decision_id, Outcome.REFUSE, Reason.STORE_UNAVAILABLE, 0.0, 1.0, class_name,
+                plan.rules, keys, costs, None, 0.0, str(exc), plan.headers,
             )  # fmt: skip
         retry = max(result.retry_after)
         reason = Reason.COST_EXCEEDS_CAPACITY if math.isinf(retry) else Reason.RATE_LIMITED
-        return Decision(
+        decision = Decision(
             decision_id, Outcome.REFUSE, reason, 0.0, retry, class_name,
             plan.rules, keys, costs, result, 0.0, warning, plan.headers,
         )  # fmt: skip
+        if self._policy.shadow:
+            # A shadowed policy reports what it would have done, and lets the call go.
+            decision.outcome = Outcome.ALLOW
+            decision.retry_after = None
+            decision.shadow_refused = True
+            decision.shadow_buckets = tuple(b.name for b in decision.refusing)
+        return decision
+
+    async def _shadow(
+        self,
+        decision: Decision,
+        plan: _Plan,
+        agent: str,
+        agent_session: str,
+        tokens: float,
+        units: float,
+    ) -> None:
+        """Apply the shadow limits of an admitted call: they consume like real limits (so they
+        show what enforcing them would do) but a refusal only marks the decision."""
+        keys, costs = _keys_and_costs(plan, agent, agent_session, tokens, units)
+        result = await self.store.apply(Batch(keys, plan.limits, costs), self.clock.now())
+        if not result.allowed:
+            decision.shadow_refused = True
+            decision.shadow_buckets = tuple(
+                rule.name
+                for rule, retry in zip(plan.rules, result.retry_after, strict=True)
+                if retry > 0
+            )
 
     def _refusal(self, reason: Reason, class_name: str, warning: str | None) -> Decision:
         return Decision(

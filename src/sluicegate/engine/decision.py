@@ -27,6 +27,7 @@ class Reason(StrEnum):
     COST_EXCEEDS_CAPACITY = "cost_exceeds_capacity"
     UNKNOWN_TENANT = "unknown_tenant"
     UNKNOWN_CLASS = "unknown_class"
+    STORE_UNAVAILABLE = "store_unavailable"
 
 
 @dataclass(slots=True)
@@ -96,6 +97,11 @@ class Decision:
     reserved_tokens: float = 0.0
     warning: str | None = None
     header_plan: Any = None
+    #: Shadow mode: True when a shadow policy or shadow limit *would* have refused this call
+    #: (the call was admitted; ``reason`` keeps the would-be reason when the whole policy is
+    #: shadowed), and the names of the buckets that would have refused.
+    shadow_refused: bool = False
+    shadow_buckets: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -120,10 +126,12 @@ class Decision:
     def explain(self) -> str:
         """One line a human can act on."""
         if self.outcome is Outcome.ALLOW:
+            if self.shadow_refused:
+                return f"allowed (shadow: would refuse by {', '.join(self.shadow_buckets)})"
             return "allowed"
         if self.outcome is Outcome.WAIT:
             return f"allowed after waiting {self.delay:.3f}s"
-        if self.reason in (Reason.UNKNOWN_TENANT, Reason.UNKNOWN_CLASS):
+        if self.reason in (Reason.UNKNOWN_TENANT, Reason.UNKNOWN_CLASS, Reason.STORE_UNAVAILABLE):
             return f"refused: {self.reason.value}" + (f" ({self.warning})" if self.warning else "")
         parts = []
         for b in self.refusing:

@@ -166,6 +166,15 @@ def _mapping(value: Any) -> dict[str, Any]:
 def _semantic(data: dict[str, Any]) -> Iterator[tuple[Loc, str]]:
     """Cross-reference checks pydantic cannot express, run on the raw data so that they are
     reported together with shape errors (each check skips values of the wrong shape)."""
+    store = data.get("store")
+    if isinstance(store, str) and store:
+        from sluicegate.errors import ConfigurationError
+        from sluicegate.stores.url import parse_store_url
+
+        try:
+            parse_store_url(store)
+        except ConfigurationError as exc:
+            yield ("store",), str(exc)
     tiers = _mapping(data.get("tiers"))
     tier_list = ", ".join(sorted(tiers)) or "none"
     default_tier = data.get("default_tier")

@@ -61,6 +61,7 @@ class Rule:
     rate: Rate | None  # None for concurrency
     scope: str | None = None  # class name for class-scoped buckets
     pool: str | None = None
+    shadow: bool = False  # decides and reports, never refuses
     #: Stable name used in headers and reports, e.g. ``session-tokens``, ``agent-requests-batch``.
     name: str = field(init=False, compare=False, hash=False)
 
@@ -78,14 +79,14 @@ class Rule:
         if self.rate is None:
             capacity = max(1.0, math.floor(self.limit.capacity * factor))
             limit = Limit(self.limit.algorithm, self.limit.period, capacity)
-            return Rule(self.plane, self.axis, limit, None, scope, self.pool)
+            return Rule(self.plane, self.axis, limit, None, scope, self.pool, self.shadow)
         rate = Rate(self.rate.count * factor, self.rate.period)
         capacity = max(1.0, self.limit.capacity * factor)
         if self.limit.algorithm is Algorithm.GCRA:
             limit = Limit(Algorithm.GCRA, rate.period / rate.count, capacity)
         else:
             limit = Limit(self.limit.algorithm, self.limit.period, max(1.0, rate.count))
-        return Rule(self.plane, self.axis, limit, rate, scope, self.pool)
+        return Rule(self.plane, self.axis, limit, rate, scope, self.pool, self.shadow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +109,12 @@ def _default_profile(name: str) -> ClassSpec:
 
 
 def _axis_rule(
-    plane: Plane, axis: Axis, spec: AxisLimit, burst: float | None, default_algorithm: str | None
+    plane: Plane,
+    axis: Axis,
+    spec: AxisLimit,
+    burst: float | None,
+    default_algorithm: str | None,
+    shadow: bool,
 ) -> Rule:
     algorithm = Algorithm(spec.algorithm or default_algorithm or Algorithm.GCRA)
     capacity = spec.burst if spec.burst is not None else burst
@@ -118,7 +124,7 @@ def _axis_rule(
     else:
         # Window algorithms count ``rate.count`` per window of ``rate.period``; burst is moot.
         limit = Limit(algorithm, rate.period, rate.count)
-    return Rule(plane, axis, limit, rate)
+    return Rule(plane, axis, limit, rate, shadow=shadow if spec.shadow is None else spec.shadow)
 
 
 def plane_rules(plane: Plane, limits: PlaneLimits | None) -> list[Rule]:
@@ -126,14 +132,17 @@ def plane_rules(plane: Plane, limits: PlaneLimits | None) -> list[Rule]:
     if limits is None:
         return []
     rules: list[Rule] = []
+    plane_shadow = bool(limits.shadow)
     for axis_name, burst_key in AXIS_BURST_KEYS:
         spec = getattr(limits, axis_name)
         if spec is not None:
             burst = getattr(limits, burst_key)
-            rules.append(_axis_rule(plane, Axis(axis_name), spec, burst, limits.algorithm))
+            rules.append(
+                _axis_rule(plane, Axis(axis_name), spec, burst, limits.algorithm, plane_shadow)
+            )
     if limits.concurrency is not None:
         limit = Limit(Algorithm.CONCURRENCY, CONCURRENCY_LEASE, float(limits.concurrency))
-        rules.append(Rule(plane, Axis.CONCURRENCY, limit, None))
+        rules.append(Rule(plane, Axis.CONCURRENCY, limit, None, shadow=plane_shadow))
     return rules
 
 
@@ -186,6 +195,7 @@ class Policy:
     pools: Mapping[str, tuple[Rule, ...]]
     settle_ttl: float
     store_url: str = "memory"
+    shadow: bool = False
     _cache: dict[tuple[str, str], tuple[Rule, ...] | None] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -239,14 +249,16 @@ def resolve(spec: PolicySpec, source: str = "<policy>") -> Policy:
         if not isinstance(cs, ClassSpec):
             cs = ClassSpec.model_validate(cs)
         overrides = planeset_rules(cs.limits) if cs.limits else ()
-        overrides = tuple(Rule(r.plane, r.axis, r.limit, r.rate, name, r.pool) for r in overrides)
+        overrides = tuple(
+            Rule(r.plane, r.axis, r.limit, r.rate, name, r.pool, r.shadow) for r in overrides
+        )
         classes[name] = ClassProfile(
             name, cs.priority, cs.max_wait, cs.sla_p95, cs.scale, overrides
         )
     pools: dict[str, tuple[Rule, ...]] = {}
     for name, pool in spec.pools.items():
         pools[name] = tuple(
-            Rule(Plane.POOL, r.axis, r.limit, r.rate, None, name)
+            Rule(Plane.POOL, r.axis, r.limit, r.rate, None, name, r.shadow)
             for r in plane_rules(Plane.POOL, pool)
         )
     return Policy(
@@ -264,4 +276,5 @@ def resolve(spec: PolicySpec, source: str = "<policy>") -> Policy:
         pools=MappingProxyType(pools),
         settle_ttl=spec.settle_ttl,
         store_url=spec.store,
+        shadow=spec.shadow,
     )

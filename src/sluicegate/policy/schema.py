@@ -44,6 +44,7 @@ class AxisLimit(StrictModel):
     rate: RateField
     burst: Count | None = None
     algorithm: AxisAlgorithm | None = None
+    shadow: bool | None = None
 
 
 AxisField = Annotated[AxisLimit, BeforeValidator(_axis_shorthand)]
@@ -65,6 +66,8 @@ class PlaneLimits(StrictModel):
     cost_burst: Count | None = None
     algorithm: AxisAlgorithm | None = None
     concurrency: Annotated[int, Field(gt=0)] | None = None
+    #: Shadow limits decide and report ("would refuse") but never refuse.
+    shadow: bool | None = None
 
 
 class PlaneSet(StrictModel):
@@ -131,11 +134,29 @@ class PoolSpec(PlaneLimits):
     """A shared upstream pool (a provider's quota) that every tenant's calls draw from."""
 
 
+class StoreOptions(StrictModel):
+    """How a shared store behaves when it fails (ignored by the memory store).
+
+    ``fail_closed`` refuses (503), ``fail_open`` admits (counted), ``local`` falls back to an
+    in-process store with every limit divided by ``replicas`` (the number of sluicegate
+    processes sharing the store), so the fleet as a whole stays near the configured limits.
+    """
+
+    failure_mode: Literal["fail_closed", "fail_open", "local"] = "fail_closed"
+    replicas: Annotated[int, Field(ge=1)] = 1
+    timeout: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 0.05
+    backoff: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 0.5
+    max_backoff: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 5.0
+
+
 class PolicySpec(StrictModel):
     """The whole policy file."""
 
     version: Literal[1]
     store: str = "memory"
+    store_options: StoreOptions = Field(default_factory=StoreOptions)
+    #: Shadow the whole policy: decide and report, never refuse (roll-outs).
+    shadow: bool = False
     default_tier: str | None = None
     tiers: dict[str, TierSpec] = Field(min_length=1)
     tenants: dict[str, TenantSpec] = Field(default_factory=dict)

@@ -1,0 +1,29 @@
+"""Build an :class:`Engine` from a policy, opening the store the policy (or an override) names."""
+
+from __future__ import annotations
+
+from sluicegate.clock import Clock
+from sluicegate.engine.core import Engine
+from sluicegate.policy.resolve import Policy
+from sluicegate.stores.url import open_store
+
+
+async def open_engine(
+    policy: Policy, *, store_url: str | None = None, clock: Clock | None = None
+) -> Engine:
+    """An engine on ``store_url`` (default: the policy's ``store:``), with the policy's
+    ``store_options`` (failure mode, replicas, timeout, backoff) applied to shared stores.
+
+    Raises ``ConfigurationError`` for a bad URL and ``StoreUnavailable`` when the store cannot
+    be reached, each with one clear line.
+    """
+    opts = policy.spec.store_options
+    store = await open_store(
+        store_url or policy.store_url,
+        failure_mode=opts.failure_mode,
+        replicas=opts.replicas,
+        timeout=opts.timeout,
+        backoff=opts.backoff,
+        max_backoff=opts.max_backoff,
+    )
+    return Engine(policy, store, clock)
