@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--quiet", action="store_true", help="omit headers")
     c.set_defaults(func=_cmd_check)
+
+    from sluicegate import identity_cli
+
+    identity_cli.register(sub)
     return parser
 
 

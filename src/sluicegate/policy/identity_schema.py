@@ -164,7 +164,11 @@ class JwtSpec(_Strict):
         if not has_hs and not has_rs:
             raise ValueError("jwt needs a key: secret_env, public_key_file or jwks_file")
         if self.algorithms is None:
-            algs: list[Algorithm] = (["HS256"] if has_hs else []) + (["RS256"] if has_rs else [])
+            algs: list[Algorithm] = []
+            if has_hs:
+                algs.append("HS256")
+            if has_rs:
+                algs.append("RS256")
             object.__setattr__(self, "algorithms", algs)
             return self
         if not self.algorithms:
@@ -199,7 +203,8 @@ class IdentitySpec(_Strict):
     jwt: JwtSpec | None = None
     session_header: str = "x-agent-session"
     init_token_header: str = "x-agent-init-token"
-    trust_headers: bool = False
+    #: A real boolean only (never a string): trusting identity headers is a security decision.
+    trust_headers: Annotated[bool, Field(strict=True)] = False
     tenant_header: str = "x-tenant"
     agent_header: str = "x-agent"
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from sluicegate.policy.identity_schema import IdentitySpec
 from sluicegate.policy.units import Rate, parse_count, parse_duration, parse_rate
 
 RateField = Annotated[Rate, BeforeValidator(parse_rate)]
@@ -157,6 +158,8 @@ class PolicySpec(StrictModel):
     store_options: StoreOptions = Field(default_factory=StoreOptions)
     #: Shadow the whole policy: decide and report, never refuse (roll-outs).
     shadow: bool = False
+    #: How callers are identified (API keys, JWT, session header); see docs/identity.md.
+    identity: IdentitySpec | None = None
     default_tier: str | None = None
     tiers: dict[str, TierSpec] = Field(min_length=1)
     tenants: dict[str, TenantSpec] = Field(default_factory=dict)
