@@ -178,6 +178,8 @@ def _random_limit(rng: random.Random) -> Limit:
 
 def _random_cost(rng: random.Random, limit: Limit) -> float:
     r = rng.random()
+    if limit.algorithm is Algorithm.SLIDING_WINDOW and r < 0.15:
+        return -round(rng.uniform(0.01, 2.0), rng.choice([1, 6]))  # retry-budget deposits
     if r < 0.1:
         return 0.0
     if r < 0.6:

@@ -28,6 +28,7 @@ _UNIT = {
     Axis.TOKENS: ';qu="tokens"',
     Axis.COST: ';qu="cost-units"',
     Axis.CONCURRENCY: ';qu="concurrent-requests"',
+    Axis.RETRIES: "",
 }
 
 
@@ -80,10 +81,19 @@ class HeaderPlan:
     state_prefixes: tuple[str, ...]
     # (header suffix, indexes of that axis' buckets, their capacities as text)
     openai: tuple[tuple[str, tuple[int, ...], tuple[str, ...]], ...]
+    #: Index of the retry-budget bucket (rendered as ``x-ratelimit-retry-budget``), if any.
+    budget_index: int | None = None
 
 
 def header_plan(rules: Sequence[Rule]) -> HeaderPlan:
-    """Precompute everything about the headers that does not change from call to call."""
+    """Precompute everything about the headers that does not change from call to call.
+
+    Rate limits come first in an engine plan; retry-budget and per-trace buckets (axis
+    ``retries``) follow them and are not rate limits, so they get their own header instead of
+    ``RateLimit`` items."""
+    budget_index = next((i for i, r in enumerate(rules) if r.axis is Axis.RETRIES), None)
+    if budget_index is not None:
+        rules = rules[:budget_index]
     openai = []
     for axis, suffix in ((Axis.REQUESTS, "requests"), (Axis.TOKENS, "tokens")):
         idx = tuple(i for i, r in enumerate(rules) if r.axis is axis)
@@ -93,6 +103,7 @@ def header_plan(rules: Sequence[Rule]) -> HeaderPlan:
         policy=", ".join(policy_item(r) for r in rules),
         state_prefixes=tuple(f'"{r.name}";r=' for r in rules),
         openai=tuple(openai),
+        budget_index=budget_index,
     )
 
 
@@ -107,14 +118,16 @@ def render_headers(decision: Decision) -> list[tuple[str, str]]:
         remaining = result.remaining
         reset = result.reset
         ceil = math.ceil
-        headers.append(("ratelimit-policy", plan.policy))
-        state = ", ".join(
-            [
-                f"{p}{n};t={ceil(t)}"
-                for p, n, t in zip(plan.state_prefixes, remaining, reset, strict=True)
-            ]
-        )
-        headers.append(("ratelimit", state))
+        if plan.state_prefixes:
+            headers.append(("ratelimit-policy", plan.policy))
+            # strict=False: retry buckets after the rate limits have no RateLimit item.
+            state = ", ".join(
+                [
+                    f"{p}{n};t={ceil(t)}"
+                    for p, n, t in zip(plan.state_prefixes, remaining, reset, strict=False)
+                ]
+            )
+            headers.append(("ratelimit", state))
         for suffix, idx, caps in plan.openai:
             best = 0
             low = remaining[idx[0]]
@@ -124,6 +137,11 @@ def render_headers(decision: Decision) -> list[tuple[str, str]]:
             headers.append((f"x-ratelimit-limit-{suffix}", caps[best]))
             headers.append((f"x-ratelimit-remaining-{suffix}", str(low)))
             headers.append((f"x-ratelimit-reset-{suffix}", go_duration(reset[idx[best]])))
+        if plan.budget_index is not None:
+            headers.append(("x-ratelimit-retry-budget", str(remaining[plan.budget_index])))
+    if decision.reason == "retry_budget_exhausted" and not decision.allowed:
+        # The official OpenAI SDK honours this and stops retrying.
+        headers.append(("x-should-retry", "false"))
     if not decision.allowed and decision.retry_after is not None:
         retry = decision.retry_after
         if math.isfinite(retry):

@@ -57,7 +57,10 @@ def fixed_window(
 def sliding_window(
     state: tuple[int, float, float], now: float, cost: float, limit: float, window: float
 ) -> WindowResult:
-    """Admit when ``prev * (1 - elapsed/window) + curr + cost <= limit``."""
+    """Admit when ``prev * (1 - elapsed/window) + curr + cost <= limit``.
+
+    Costs may be negative (deposits): they are always admitted and lower the count, which is
+    how the retry budget keeps ``retries - deposits`` in one counter."""
     index = math.floor(now / window)
     prev, curr = _roll(state, index)
     start = index * window
@@ -67,8 +70,9 @@ def sliding_window(
     reset = (start + 2 * window - now) if curr > 0 else (start + window - now if prev > 0 else 0.0)
     if cost > limit:
         return WindowResult(False, state, math.inf, max(0, math.floor(limit - estimate)), reset)
-    if estimate + cost <= limit + COUNT_EPSILON:
-        new_state = (index, prev, curr + cost) if cost > 0 else state
+    if cost < 0 or estimate + cost <= limit + COUNT_EPSILON:
+        # A negative cost is a deposit (the retry budget, see policy/resolve.py RetryBudget): it always lands.
+        new_state = (index, prev, curr + cost) if cost != 0 else state
         left = limit - estimate - cost
         return WindowResult(True, new_state, 0.0, max(0, math.floor(left + COUNT_EPSILON)), reset)
     return WindowResult(

@@ -41,15 +41,22 @@ def safe_id(value: str) -> str:
 
 
 # Plane kinds and cost selectors as small ints: enum attribute access is slow on the hot path.
-_TENANT, _AGENT, _SESSION, _POOL = range(4)
+_TENANT, _AGENT, _SESSION, _POOL, _TRACE = range(5)
 _PLANE_KIND = {
     Plane.TENANT: _TENANT,
     Plane.AGENT: _AGENT,
     Plane.SESSION: _SESSION,
     Plane.POOL: _POOL,
+    Plane.TRACE: _TRACE,
 }
-_ONE, _TOKENS, _UNITS = range(3)
-_COST_KIND = {Axis.REQUESTS: _ONE, Axis.CONCURRENCY: _ONE, Axis.TOKENS: _TOKENS, Axis.COST: _UNITS}
+_ONE, _TOKENS, _UNITS, _RETRY = range(4)
+_COST_KIND = {
+    Axis.REQUESTS: _ONE,
+    Axis.CONCURRENCY: _ONE,
+    Axis.TOKENS: _TOKENS,
+    Axis.COST: _UNITS,
+    Axis.RETRIES: _RETRY,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,7 @@ class _Plan:
     class_name: str
     headers: Any
     id_prefix: str
+    trace_prefix: str
     shadow: _Plan | None = None
 
 
@@ -76,9 +84,10 @@ _EMPTY_RESULT = BatchResult(True, 0.0, (), (), ())
 
 
 def _keys_and_costs(
-    plan: _Plan, agent: str, agent_session: str, tokens: float, units: float
+    plan: _Plan, agent: str, agent_session: str, tokens: float, units: float, retry: float = 0.0
 ) -> tuple[list[str], list[float]]:
-    """The bucket keys and costs of one call under ``plan``."""
+    """The bucket keys and costs of one call under ``plan``. ``retry`` is the retry-budget
+    cost: 1 for a retry, minus the deposit for an original call."""
     keys: list[str] = []
     costs: list[float] = []
     for kind, prefix, suffix, cost_kind in zip(
@@ -90,7 +99,14 @@ def _keys_and_costs(
             keys.append(f"{prefix}{agent}{suffix}")
         else:
             keys.append(f"{prefix}{agent_session}{suffix}")
-        costs.append(1.0 if cost_kind == _ONE else (tokens if cost_kind == _TOKENS else units))
+        if cost_kind == _ONE:
+            costs.append(1.0)
+        elif cost_kind == _TOKENS:
+            costs.append(tokens)
+        elif cost_kind == _UNITS:
+            costs.append(units)
+        else:
+            costs.append(retry)
     return keys, costs
 
 
@@ -151,6 +167,9 @@ class Engine:
         if shadow_rules:
             rules = tuple(r for r in rules if not r.shadow)
             shadow = self._build_plan(tenant, class_name, shadow_rules, None)
+        if policy.retry_budget is not None:
+            # After the rate limits: the header plan renders it as its own header.
+            rules = rules + (policy.retry_budget.rule,)
         return self._build_plan(tenant, class_name, rules, shadow)
 
     def _build_plan(
@@ -164,6 +183,8 @@ class Engine:
             kind = _PLANE_KIND[r.plane]
             if kind == _TENANT:
                 prefixes.append(f"{head}t{scope}:{r.axis.value}")
+            elif kind == _TRACE:
+                prefixes.append(f"{head}x:")
             elif kind == _AGENT:
                 prefixes.append(f"{head}a:")
             elif kind == _SESSION:
@@ -188,6 +209,7 @@ class Engine:
             # Decision ids carry the tenant's hash tag, so on Redis Cluster the reservation
             # record lands in the same slot as the tenant's buckets (one script call).
             id_prefix=f"{{{safe_id(tenant)}}}{self._id_prefix}-",
+            trace_prefix=f"{head}x:",
             shadow=shadow,
         )
 
@@ -226,7 +248,19 @@ class Engine:
                 if ctx.cost_units is not None
                 else self._policy.cost_units(ctx.method, ctx.path)
             )
-        keys, costs = _keys_and_costs(plan, agent, agent_session, tokens, units)
+        budget = self._policy.retry_budget
+        retry = 0.0
+        rules = plan.rules
+        if budget is not None:
+            retry = 1.0 if ctx.retry_attempt > 0 else -budget.deposit
+        keys, costs = _keys_and_costs(plan, agent, agent_session, tokens, units, retry)
+        limits: tuple[Limit, ...] = plan.limits
+        if budget is not None and budget.trace_rule is not None and retry > 0 and ctx.trace_id:
+            # A retry inside a pipeline also counts against the pipeline's cap.
+            keys.append(f"{plan.trace_prefix}{safe_id(ctx.trace_id)}:retries")
+            costs.append(1.0)
+            limits = limits + (budget.trace_rule.limit,)
+            rules = rules + (budget.trace_rule,)
         max_wait = plan.max_wait if ctx.max_wait is None else min(plan.max_wait, ctx.max_wait)
         decision_id = f"{plan.id_prefix}{next(self._ids):x}"
         reservation = None
@@ -237,14 +271,14 @@ class Engine:
         try:
             if keys:
                 result = await self.store.apply(
-                    Batch(keys, plan.limits, costs, max_wait, reservation), self.clock.now()
+                    Batch(keys, limits, costs, max_wait, reservation), self.clock.now()
                 )
             else:
                 result = _EMPTY_RESULT
             if result.allowed:
                 decision = Decision(
                     decision_id, Outcome.WAIT if result.delay > 0 else Outcome.ALLOW, Reason.OK,
-                    result.delay, None, class_name, plan.rules, keys, costs, result,
+                    result.delay, None, class_name, rules, keys, costs, result,
                     tokens if reservation is not None else 0.0, warning, plan.headers,
                 )  # fmt: skip
                 if plan.shadow is not None:
@@ -255,13 +289,17 @@ class Engine:
             # the adapter render 503 with a short Retry-After.
             return Decision(
                 decision_id, Outcome.REFUSE, Reason.STORE_UNAVAILABLE, 0.0, 1.0, class_name,
-                plan.rules, keys, costs, None, 0.0, str(exc), plan.headers,
+                rules, keys, costs, None, 0.0, str(exc), plan.headers,
             )  # fmt: skip
-        retry = max(result.retry_after)
-        reason = Reason.COST_EXCEEDS_CAPACITY if math.isinf(retry) else Reason.RATE_LIMITED
+        retry_after = max(result.retry_after)
+        reason = Reason.COST_EXCEEDS_CAPACITY if math.isinf(retry_after) else Reason.RATE_LIMITED
+        if budget is not None and retry > 0:
+            for rule, wait in zip(rules, result.retry_after, strict=True):
+                if wait > 0 and rule.axis is Axis.RETRIES:
+                    reason = Reason.RETRY_BUDGET_EXHAUSTED
         decision = Decision(
-            decision_id, Outcome.REFUSE, reason, 0.0, retry, class_name,
-            plan.rules, keys, costs, result, 0.0, warning, plan.headers,
+            decision_id, Outcome.REFUSE, reason, 0.0, retry_after, class_name,
+            rules, keys, costs, result, 0.0, warning, plan.headers,
         )  # fmt: skip
         if self._policy.shadow:
             # A shadowed policy reports what it would have done, and lets the call go.

@@ -28,6 +28,7 @@ class Reason(StrEnum):
     UNKNOWN_TENANT = "unknown_tenant"
     UNKNOWN_CLASS = "unknown_class"
     STORE_UNAVAILABLE = "store_unavailable"
+    RETRY_BUDGET_EXHAUSTED = "retry_budget_exhausted"
 
 
 @dataclass(slots=True)
@@ -48,6 +49,11 @@ class RequestContext:
     path: str = "/"
     pool: str | None = None
     max_wait: float | None = None
+    #: 0 for an original call; n for its n-th retry (``x-stainless-retry-count``,
+    #: ``Retry-Attempt``, a repeated ``Idempotency-Key``).
+    retry_attempt: int = 0
+    #: Pipeline id (W3C ``traceparent`` trace id or ``X-Agent-Pipeline-Id``) for fan-out caps.
+    trace_id: str | None = None
 
 
 class BucketReport(NamedTuple):

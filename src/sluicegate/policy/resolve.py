@@ -42,6 +42,7 @@ class Plane(StrEnum):
     AGENT = "agent"
     SESSION = "session"
     POOL = "pool"
+    TRACE = "trace"
 
 
 class Axis(StrEnum):
@@ -49,6 +50,7 @@ class Axis(StrEnum):
     TOKENS = "tokens"
     COST = "cost"
     CONCURRENCY = "concurrency"
+    RETRIES = "retries"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,10 @@ class Rule:
     name: str = field(init=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        if self.axis is Axis.RETRIES:  # "agent-retry-budget", "trace-retries"
+            name = "trace-retries" if self.plane is Plane.TRACE else f"{self.plane}-retry-budget"
+            object.__setattr__(self, "name", name)
+            return
         head = f"pool-{self.pool}" if self.pool else self.plane.value
         name = f"{head}-{self.axis.value}" + (f"-{self.scope}" if self.scope else "")
         object.__setattr__(self, "name", name)
@@ -177,6 +183,48 @@ def apply_class(rules: tuple[Rule, ...], profile: ClassProfile) -> tuple[Rule, .
     return tuple(sorted(out, key=lambda r: (order[r.plane], r.scope or "")))
 
 
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """The resolved retry budget.
+
+    Finagle's rule "retries in the last ttl <= min_per_second * ttl + percent * originals in the
+    last ttl" is linear, so it needs one counter, not two: a sliding-window counter of
+    ``retries - percent * originals`` with limit ``min_per_second * ttl``. An admitted original
+    call adds ``-deposit`` (a negative cost always lands), a retry adds 1 and is refused when
+    the counter would pass the limit; the window's "remaining" is exactly the retries left.
+    ``rule`` is that per-agent (or per-tenant) counter. ``trace_rule``, when set, caps the
+    retries of one pipeline (trace id) at ``max_per_trace`` per ``trace_ttl``.
+    """
+
+    rule: Rule
+    deposit: float
+    trace_rule: Rule | None
+
+
+def _retry_budget(spec: PolicySpec) -> RetryBudget | None:
+    rb = spec.retry_budget
+    if rb is None:
+        return None
+    reserve = rb.min_per_second * rb.ttl
+    plane = Plane.AGENT if rb.scope == "agent" else Plane.TENANT
+    rule = Rule(
+        plane,
+        Axis.RETRIES,
+        Limit(Algorithm.SLIDING_WINDOW, rb.ttl, reserve),
+        Rate(max(reserve, 1e-9), rb.ttl),
+    )
+    trace_rule = None
+    if rb.max_per_trace is not None:
+        n = float(rb.max_per_trace)
+        trace_rule = Rule(
+            Plane.TRACE,
+            Axis.RETRIES,
+            Limit(Algorithm.GCRA, rb.trace_ttl / n, n),
+            Rate(n, rb.trace_ttl),
+        )
+    return RetryBudget(rule, rb.percent / 100.0, trace_rule)
+
+
 @dataclass(frozen=True)
 class Policy:
     """The resolved policy the engine runs on. Immutable; reloading builds a new one."""
@@ -196,6 +244,7 @@ class Policy:
     settle_ttl: float
     store_url: str = "memory"
     shadow: bool = False
+    retry_budget: RetryBudget | None = None
     _cache: dict[tuple[str, str], tuple[Rule, ...] | None] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -277,4 +326,5 @@ def resolve(spec: PolicySpec, source: str = "<policy>") -> Policy:
         settle_ttl=spec.settle_ttl,
         store_url=spec.store,
         shadow=spec.shadow,
+        retry_budget=_retry_budget(spec),
     )

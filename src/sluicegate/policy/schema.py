@@ -150,6 +150,20 @@ class StoreOptions(StrictModel):
     max_backoff: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 5.0
 
 
+class RetryBudgetSpec(StrictModel):
+    """Finagle-style retry budget: retries allowed in the last ``ttl`` =
+    ``min_per_second * ttl + percent/100 * original calls admitted in the last ttl``, kept per
+    agent (or per tenant). ``max_per_trace`` caps the retries of one pipeline (W3C
+    ``traceparent`` trace id, or ``X-Agent-Pipeline-Id``) across a whole fan-out."""
+
+    percent: Annotated[float, Field(ge=0, le=100)] = 10.0
+    min_per_second: Annotated[float, Field(ge=0)] = 1.0
+    ttl: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 10.0
+    max_per_trace: Annotated[int, Field(gt=0)] | None = None
+    trace_ttl: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 600.0
+    scope: Literal["agent", "tenant"] = "agent"
+
+
 class PolicySpec(StrictModel):
     """The whole policy file."""
 
@@ -160,6 +174,7 @@ class PolicySpec(StrictModel):
     shadow: bool = False
     #: How callers are identified (API keys, JWT, session header); see docs/identity.md.
     identity: IdentitySpec | None = None
+    retry_budget: RetryBudgetSpec | None = None
     default_tier: str | None = None
     tiers: dict[str, TierSpec] = Field(min_length=1)
     tenants: dict[str, TenantSpec] = Field(default_factory=dict)

@@ -176,9 +176,10 @@ local function sliding_window(oi, op, oc, now, cost, limit, window)
   if cost > limit then
     return false, false, oi, op, oc, INF, floor0(limit - estimate), reset
   end
-  if estimate + cost <= limit + COUNT_EPSILON then
+  if cost < 0 or estimate + cost <= limit + COUNT_EPSILON then
+    -- a negative cost is a deposit (the retry budget, policy/resolve.py): it always lands
     local left = limit - estimate - cost
-    if cost > 0 then
+    if cost ~= 0 then
       return true, true, index, prev, curr + cost, 0.0, floor0(left + COUNT_EPSILON), reset
     end
     return true, false, oi, op, oc, 0.0, floor0(left + COUNT_EPSILON), reset
