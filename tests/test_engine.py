@@ -203,4 +203,4 @@ async def test_example_policy_decides() -> None:
     policy = load_policy(EXAMPLES / "agentic.yaml")
     engine = Engine(policy, MemoryStore(), VirtualClock(0))
     d = await engine.decide(RequestContext("acme", "planner", "s1", tokens=4000, pool="openai"))
-    assert d.allowed and len(d.buckets) == 10
+    assert d.allowed and len(d.buckets) == 11  # 10 limits and the retry budget
