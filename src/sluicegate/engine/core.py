@@ -49,10 +49,10 @@ _PLANE_KIND = {
     Plane.POOL: _POOL,
     Plane.TRACE: _TRACE,
 }
-_ONE, _TOKENS, _UNITS, _RETRY = range(4)
+_ONE, _TOKENS, _UNITS, _RETRY, _SLOT = range(5)
 _COST_KIND = {
     Axis.REQUESTS: _ONE,
-    Axis.CONCURRENCY: _ONE,
+    Axis.CONCURRENCY: _SLOT,
     Axis.TOKENS: _TOKENS,
     Axis.COST: _UNITS,
     Axis.RETRIES: _RETRY,
@@ -84,10 +84,18 @@ _EMPTY_RESULT = BatchResult(True, 0.0, (), (), ())
 
 
 def _keys_and_costs(
-    plan: _Plan, agent: str, agent_session: str, tokens: float, units: float, retry: float = 0.0
+    plan: _Plan,
+    agent: str,
+    agent_session: str,
+    tokens: float,
+    units: float,
+    retry: float = 0.0,
+    hits: float = 1.0,
 ) -> tuple[list[str], list[float]]:
     """The bucket keys and costs of one call under ``plan``. ``retry`` is the retry-budget
-    cost: 1 for a retry, minus the deposit for an original call."""
+    cost: 1 for a retry, minus the deposit for an original call; ``hits`` weighs requests and
+    cost units (``units`` is already weighted)."""
+    slot = 1.0 if hits else 0.0
     keys: list[str] = []
     costs: list[float] = []
     for kind, prefix, suffix, cost_kind in zip(
@@ -100,7 +108,9 @@ def _keys_and_costs(
         else:
             keys.append(f"{prefix}{agent_session}{suffix}")
         if cost_kind == _ONE:
-            costs.append(1.0)
+            costs.append(hits)
+        elif cost_kind == _SLOT:
+            costs.append(slot)
         elif cost_kind == _TOKENS:
             costs.append(tokens)
         elif cost_kind == _UNITS:
@@ -253,7 +263,9 @@ class Engine:
         rules = plan.rules
         if budget is not None:
             retry = 1.0 if ctx.retry_attempt > 0 else -budget.deposit
-        keys, costs = _keys_and_costs(plan, agent, agent_session, tokens, units, retry)
+        hits = float(ctx.hits)
+        units *= hits
+        keys, costs = _keys_and_costs(plan, agent, agent_session, tokens, units, retry, hits)
         limits: tuple[Limit, ...] = plan.limits
         if budget is not None and budget.trace_rule is not None and retry > 0 and ctx.trace_id:
             # A retry inside a pipeline also counts against the pipeline's cap.
@@ -282,7 +294,9 @@ class Engine:
                     tokens if reservation is not None else 0.0, warning, plan.headers,
                 )  # fmt: skip
                 if plan.shadow is not None:
-                    await self._shadow(decision, plan.shadow, agent, agent_session, tokens, units)
+                    await self._shadow(
+                        decision, plan.shadow, agent, agent_session, tokens, units, hits
+                    )
                 return decision
         except StoreError as exc:
             # The store (or its fail_closed wrapper) could not decide: refuse, say so, and let
@@ -317,10 +331,11 @@ class Engine:
         agent_session: str,
         tokens: float,
         units: float,
+        hits: float,
     ) -> None:
         """Apply the shadow limits of an admitted call: they consume like real limits (so they
         show what enforcing them would do) but a refusal only marks the decision."""
-        keys, costs = _keys_and_costs(plan, agent, agent_session, tokens, units)
+        keys, costs = _keys_and_costs(plan, agent, agent_session, tokens, units, 0.0, hits)
         result = await self.store.apply(Batch(keys, plan.limits, costs), self.clock.now())
         if not result.allowed:
             decision.shadow_refused = True

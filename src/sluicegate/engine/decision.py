@@ -54,6 +54,9 @@ class RequestContext:
     retry_attempt: int = 0
     #: Pipeline id (W3C ``traceparent`` trace id or ``X-Agent-Pipeline-Id``) for fan-out caps.
     trace_id: str | None = None
+    #: Weight of the call on the requests and cost axes (Envoy's ``hits_addend``); 0 checks
+    #: without consuming (and takes no concurrency slot). Tokens are given by ``tokens``.
+    hits: float = 1.0
 
 
 class BucketReport(NamedTuple):

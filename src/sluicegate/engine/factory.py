@@ -5,7 +5,7 @@ from __future__ import annotations
 from sluicegate.clock import Clock
 from sluicegate.engine.core import Engine
 from sluicegate.policy.resolve import Policy
-from sluicegate.stores.url import open_store
+from sluicegate.stores.url import open_store, parse_store_url
 
 
 async def open_engine(
@@ -17,9 +17,12 @@ async def open_engine(
     Raises ``ConfigurationError`` for a bad URL and ``StoreUnavailable`` when the store cannot
     be reached, each with one clear line.
     """
+    url = store_url or policy.store_url
+    if parse_store_url(url).kind == "memory":
+        return Engine(policy, await open_store(url), clock)
     opts = policy.spec.store_options
     store = await open_store(
-        store_url or policy.store_url,
+        url,
         failure_mode=opts.failure_mode,
         replicas=opts.replicas,
         timeout=opts.timeout,

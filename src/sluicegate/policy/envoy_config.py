@@ -201,9 +201,7 @@ class EnvoyDomain:
             matches.append(None if lim is None else Match(lim, self.bucket_key(entries)))
         replaced = {r for m in matches if m is not None for r in m.limit.replaces}
         if replaced:
-            matches = [
-                None if m is not None and m.limit.name in replaced else m for m in matches
-            ]
+            matches = [None if m is not None and m.limit.name in replaced else m for m in matches]
         return matches
 
 
