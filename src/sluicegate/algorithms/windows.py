@@ -71,7 +71,7 @@ def sliding_window(
     if cost > limit:
         return WindowResult(False, state, math.inf, max(0, math.floor(limit - estimate)), reset)
     if cost < 0 or estimate + cost <= limit + COUNT_EPSILON:
-        # A negative cost is a deposit (the retry budget, see policy/resolve.py RetryBudget): it always lands.
+        # A negative cost is a deposit (the retry budget: policy/resolve.py): it always lands.
         new_state = (index, prev, curr + cost) if cost != 0 else state
         left = limit - estimate - cost
         return WindowResult(True, new_state, 0.0, max(0, math.floor(left + COUNT_EPSILON)), reset)
