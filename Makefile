@@ -34,6 +34,9 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/decisions.py
+	$(BIN)/python bench/redis_decisions.py
+	$(BIN)/python bench/rls.py
+	$(BIN)/python bench/simulate.py
 
 clean:
 	rm -rf $(VENV) .venv-envoy .pytest_cache .mypy_cache .ruff_cache .coverage

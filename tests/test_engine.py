@@ -99,7 +99,9 @@ async def test_default_tier_serves_unlisted_tenants() -> None:
     # The default class (interactive) may wait up to 2 s: the next call is deferred 1 s.
     waited = await engine.decide(RequestContext("anyone", "a"))
     assert waited.outcome is Outcome.WAIT and waited.delay == pytest.approx(1.0)
-    assert (await engine.decide(RequestContext("anyone", "a"))).delay == pytest.approx(2.0)
+    # A 2 s deferral would exceed classes.max_defer (1 s): refused, retry after exactly 2 s.
+    third = await engine.decide(RequestContext("anyone", "a"))
+    assert not third.allowed and third.retry_after == pytest.approx(2.0)
     assert not (await engine.decide(RequestContext("anyone", "a"))).allowed
 
 
@@ -204,3 +206,15 @@ async def test_example_policy_decides() -> None:
     engine = Engine(policy, MemoryStore(), VirtualClock(0))
     d = await engine.decide(RequestContext("acme", "planner", "s1", tokens=4000, pool="openai"))
     assert d.allowed and len(d.buckets) == 11  # 10 limits and the retry budget
+
+
+async def test_max_defer_caps_how_far_a_waiting_call_reserves_ahead() -> None:
+    policy = policy_from_text(
+        "version: 1\ndefault_tier: t\nclasses: {max_defer: 5s}\n"
+        "tiers:\n  t: {agent: {requests: 1/s, burst: 1}}\n"
+    )
+    engine = Engine(policy, MemoryStore(), VirtualClock(0))
+    batch = RequestContext("x", "a", workload_class="batch")  # max_wait 60 s by default
+    delays = [(await engine.decide(batch)).delay for _ in range(7)]
+    assert delays == pytest.approx([0, 1, 2, 3, 4, 5, 0])
+    assert not (await engine.decide(batch)).allowed

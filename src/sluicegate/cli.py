@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sluicegate.policy.lint_cli import register as register_lint
 
     register_lint(sub)
+
+    from sluicegate.sim.cli import register as register_simulate
+
+    register_simulate(sub)
     register_integrations(sub)
     return parser
 

@@ -213,7 +213,8 @@ class Engine:
             uses_units=_UNITS in cost_kinds,
             token_ops=tuple(i for i, r in enumerate(rules) if r.axis is Axis.TOKENS),
             concurrency_ops=tuple(i for i, r in enumerate(rules) if r.axis is Axis.CONCURRENCY),
-            max_wait=policy.classes[class_name].max_wait,
+            # The store defers at most max_defer (see ClassesSpec.max_defer).
+            max_wait=min(policy.classes[class_name].max_wait, policy.max_defer),
             class_name=class_name,
             headers=header_plan(rules),
             # Decision ids carry the tenant's hash tag, so on Redis Cluster the reservation

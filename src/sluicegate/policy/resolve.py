@@ -245,6 +245,7 @@ class Policy:
     store_url: str = "memory"
     shadow: bool = False
     retry_budget: RetryBudget | None = None
+    max_defer: float = 1.0
     _cache: dict[tuple[str, str], tuple[Rule, ...] | None] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -327,4 +328,5 @@ def resolve(spec: PolicySpec, source: str = "<policy>") -> Policy:
         store_url=spec.store,
         shadow=spec.shadow,
         retry_budget=_retry_budget(spec),
+        max_defer=spec.classes.max_defer,
     )

@@ -115,6 +115,12 @@ class ClassesSpec(StrictModel):
 
     default: str = "interactive"
     unknown: Literal["default", "reject"] = "default"
+    #: The longest a waiting call may reserve its slot ahead in the buckets it shares with
+    #: other classes. A deferred call holds capacity from the moment it is admitted, so a long
+    #: deferral by a low-priority class would refuse higher-priority calls arriving meanwhile;
+    #: waits beyond this are the gateway's admission queue's job (it re-decides in priority
+    #: order).
+    max_defer: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 1.0
 
 
 class CostRule(StrictModel):

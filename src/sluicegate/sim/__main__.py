@@ -1,0 +1,7 @@
+"""``python -m sluicegate.sim simulate ...`` (the same command as ``sluicegate simulate``)."""
+
+import sys
+
+from sluicegate.sim.cli import main
+
+sys.exit(main())
