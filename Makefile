@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo smoke test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,16 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/sluicegate validate examples/agentic.yaml
-	$(BIN)/sluicegate check --policy examples/agentic.yaml --tenant acme --agent planner \
-	    --session s1 --class realtime --tokens 3000 --pool openai --repeat 22 --quiet
+	@echo "sluicegate gateway on http://127.0.0.1:8080 (built-in mock OpenAI upstream), admin on :8081."
+	@echo "Try:  curl -i http://127.0.0.1:8080/v1/chat/completions -H 'Authorization: Bearer sg-demo-acme-planner' \\"
+	@echo "        -H 'X-Agent-Session: s1' -H 'Content-Type: application/json' \\"
+	@echo "        -d '{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":16}'"
+	@echo "Ctrl-C stops it. 'make smoke' runs the same thing scripted."
+	$(BIN)/sluicegate serve --policy examples/agentic.yaml --mock-upstream \
+	    --listen 127.0.0.1:8080 --admin 127.0.0.1:8081
+
+smoke: $(STAMP)
+	scripts/smoke.sh $(BIN)
 
 test: $(STAMP) lint typecheck unit
 
@@ -37,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/redis_decisions.py
 	$(BIN)/python bench/rls.py
 	$(BIN)/python bench/simulate.py
+	$(BIN)/python bench/proxy.py
 
 clean:
 	rm -rf $(VENV) .venv-envoy .pytest_cache .mypy_cache .ruff_cache .coverage

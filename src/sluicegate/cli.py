@@ -177,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sluicegate.sim.cli import register as register_simulate
 
     register_simulate(sub)
+
+    from sluicegate.gateway.cli import register as register_gateway
+
+    register_gateway(sub)
     register_integrations(sub)
     return parser
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from sluicegate.policy.gateway_schema import GatewaySettings, RouteSpec, UpstreamSpec
 from sluicegate.policy.identity_schema import IdentitySpec
 from sluicegate.policy.units import Rate, parse_count, parse_duration, parse_rate
 
@@ -181,6 +182,10 @@ class PolicySpec(StrictModel):
     #: How callers are identified (API keys, JWT, session header); see docs/identity.md.
     identity: IdentitySpec | None = None
     retry_budget: RetryBudgetSpec | None = None
+    #: The gateway's routes, upstreams and settings (docs/gateway.md); ignored by the engine.
+    routes: list[RouteSpec] = Field(default_factory=list)
+    upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     default_tier: str | None = None
     tiers: dict[str, TierSpec] = Field(min_length=1)
     tenants: dict[str, TenantSpec] = Field(default_factory=dict)
