@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     identity_cli.register(sub)
 
+    from sluicegate import token_cli
+
+    token_cli.register(sub)
+
     from sluicegate.integrations.cli import register as register_integrations
     from sluicegate.policy.lint_cli import register as register_lint
 

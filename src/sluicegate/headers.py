@@ -139,6 +139,8 @@ def render_headers(decision: Decision) -> list[tuple[str, str]]:
             headers.append((f"x-ratelimit-reset-{suffix}", go_duration(reset[idx[best]])))
         if plan.budget_index is not None:
             headers.append(("x-ratelimit-retry-budget", str(remaining[plan.budget_index])))
+    if decision.init_tier:
+        headers.append(("x-agent-init-tier", "active"))
     if decision.reason == "retry_budget_exhausted" and not decision.allowed:
         # The official OpenAI SDK honours this and stops retrying.
         headers.append(("x-should-retry", "false"))

@@ -13,12 +13,15 @@ import itertools
 import math
 import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from sluicegate.clock import Clock, MonotonicClock
 from sluicegate.engine.decision import Decision, Outcome, Reason, RequestContext
+from sluicegate.engine.init_tokens import verify_token
 from sluicegate.errors import StoreError
 from sluicegate.headers import header_plan
 from sluicegate.policy.resolve import Axis, Plane, Policy, Rule
@@ -132,11 +135,20 @@ class Engine:
     new``), atomically for all later decisions.
     """
 
-    def __init__(self, policy: Policy, store: Store, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        store: Store,
+        clock: Clock | None = None,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._policy = policy
         self.store = store
         self.clock: Clock = clock or MonotonicClock()
-        self._plans: dict[tuple[str, str, str | None, bool], _Plan | None] = {}
+        #: Wall-clock seconds, only for init tokens' issue and expiry times.
+        self.wall_clock = wall_clock
+        self._plans: dict[tuple[str, str, str | None, bool, bool], _Plan | None] = {}
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(5).hex()
 
@@ -162,13 +174,19 @@ class Engine:
         return policy.default_class, warning
 
     def _plan(
-        self, tenant: str, class_name: str, pool: str | None, has_session: bool
+        self, tenant: str, class_name: str, pool: str | None, has_session: bool, init: bool
     ) -> _Plan | None:
         policy = self._policy
         rules = policy.rules_for(tenant, class_name)
         if rules is None:
             return None
-        if not has_session:
+        if init and policy.init is not None:
+            # Cold-start tier: tenant limits still hold; the instance's init limits (keyed like a
+            # session: agent then instance) and the agent's aggregate init limits replace the
+            # agent and session planes.
+            tenant_rules = tuple(r for r in rules if r.plane is Plane.TENANT)
+            rules = tenant_rules + policy.init.aggregate_rules + policy.init.instance_rules
+        elif not has_session:
             rules = tuple(r for r in rules if r.plane is not Plane.SESSION)
         if pool is not None:
             rules = rules + policy.pools.get(pool, ())
@@ -231,13 +249,45 @@ class Engine:
         """Close the store."""
         await self.store.aclose()
 
+    async def _init_instance(self, ctx: RequestContext) -> tuple[str | None, str]:
+        """The instance id when ``ctx`` carries a valid init token still inside its window,
+        else ``(None, reason)``. The first use is recorded atomically in the store."""
+        tier = self._policy.init
+        assert tier is not None and ctx.init_token is not None
+        claims, why = verify_token(
+            ctx.init_token, tier.secrets, now=self.wall_clock(), max_ttl=tier.max_token_ttl
+        )
+        if claims is None:
+            return None, why
+        if claims.tenant != ctx.tenant or claims.agent != ctx.agent:
+            return None, "other_identity"
+        key = f"{bucket_prefix(ctx.tenant)}init:{safe_id(ctx.agent)}:{safe_id(claims.instance)}"
+        try:
+            marker = await self.store.apply(Batch([key], [tier.marker], [1.0]), self.clock.now())
+        except StoreError:
+            return None, "store_unavailable"  # the decision itself will report the outage
+        if marker.allowed:
+            return claims.instance, "first_use"
+        # Used before: tat - now = (first use + max_token_ttl) - now.
+        if marker.reset[0] > tier.max_token_ttl - tier.window:
+            return claims.instance, "in_window"
+        return None, "window_over"
+
     async def decide(self, ctx: RequestContext) -> Decision:
         """Check and consume every bucket that applies to ``ctx``, atomically."""
         class_name, warning = self.resolve_class(ctx.workload_class)
         if class_name is None:
             return self._refusal(Reason.UNKNOWN_CLASS, ctx.workload_class or "", warning)
         session = ctx.session
-        plan_key = (ctx.tenant, class_name, ctx.pool, session is not None)
+        init = False
+        if ctx.init_token is not None and self._policy.init is not None:
+            instance, why = await self._init_instance(ctx)
+            strict = self._policy.init.strict
+            if instance is None and strict and why not in ("window_over", "store_unavailable"):
+                return self._refusal(Reason.INVALID_INIT_TOKEN, class_name, f"init token: {why}")
+            if instance is not None:
+                init, session = True, instance  # the instance takes the session's place
+        plan_key = (ctx.tenant, class_name, ctx.pool, session is not None, init)
         plans = self._plans
         plan = plans.get(plan_key)
         if plan is None:
@@ -294,6 +344,7 @@ class Engine:
                     result.delay, None, class_name, rules, keys, costs, result,
                     tokens if reservation is not None else 0.0, warning, plan.headers,
                 )  # fmt: skip
+                decision.init_tier = init
                 if plan.shadow is not None:
                     await self._shadow(
                         decision, plan.shadow, agent, agent_session, tokens, units, hits
@@ -316,6 +367,16 @@ class Engine:
             decision_id, Outcome.REFUSE, reason, 0.0, retry_after, class_name,
             rules, keys, costs, result, 0.0, warning, plan.headers,
         )  # fmt: skip
+        decision.init_tier = init
+        if reason is Reason.RATE_LIMITED and budget is not None and retry > 0:
+            # A retry the limits refused was still sent: it spends the retry budget (as in
+            # Finagle, which withdraws per retry attempted), so a storm of refused retries soon
+            # gets ``retry_budget_exhausted`` and ``x-should-retry: false``.
+            i = len(plan.rules) - 1  # the budget is the plan's last rule
+            try:
+                await self.store.apply(Batch([keys[i]], [plan.limits[i]], [1.0]), self.clock.now())
+            except StoreError:
+                pass  # best effort: the refusal itself stands
         if self._policy.shadow:
             # A shadowed policy reports what it would have done, and lets the call go.
             decision.outcome = Outcome.ALLOW

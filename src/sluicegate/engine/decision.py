@@ -29,6 +29,7 @@ class Reason(StrEnum):
     UNKNOWN_CLASS = "unknown_class"
     STORE_UNAVAILABLE = "store_unavailable"
     RETRY_BUDGET_EXHAUSTED = "retry_budget_exhausted"
+    INVALID_INIT_TOKEN = "invalid_init_token"
 
 
 @dataclass(slots=True)
@@ -57,6 +58,8 @@ class RequestContext:
     #: Weight of the call on the requests and cost axes (Envoy's ``hits_addend``); 0 checks
     #: without consuming (and takes no concurrency slot). Tokens are given by ``tokens``.
     hits: float = 1.0
+    #: The raw ``X-Agent-Init-Token`` of a starting instance (verified by the engine).
+    init_token: str | None = None
 
 
 class BucketReport(NamedTuple):
@@ -111,6 +114,8 @@ class Decision:
     #: shadowed), and the names of the buckets that would have refused.
     shadow_refused: bool = False
     shadow_buckets: tuple[str, ...] = ()
+    #: True when the call was decided on the cold-start (init) tier.
+    init_tier: bool = False
 
     @property
     def allowed(self) -> bool:
@@ -140,7 +145,12 @@ class Decision:
             return "allowed"
         if self.outcome is Outcome.WAIT:
             return f"allowed after waiting {self.delay:.3f}s"
-        if self.reason in (Reason.UNKNOWN_TENANT, Reason.UNKNOWN_CLASS, Reason.STORE_UNAVAILABLE):
+        if self.reason in (
+            Reason.UNKNOWN_TENANT,
+            Reason.UNKNOWN_CLASS,
+            Reason.STORE_UNAVAILABLE,
+            Reason.INVALID_INIT_TOKEN,
+        ):
             return f"refused: {self.reason.value}" + (f" ({self.warning})" if self.warning else "")
         parts = []
         for b in self.refusing:

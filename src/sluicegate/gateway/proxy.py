@@ -72,7 +72,6 @@ HOP_BY_HOP = frozenset(
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 _RATE_HEADERS = (b"x-ratelimit-", b"ratelimit", b"retry-after", b"anthropic-ratelimit-")
 _JSON_CAP = 16 * 1024 * 1024  # response bytes kept for usage parsing (beyond: settle by estimate)
-_STORE_UNAVAILABLE = getattr(Reason, "STORE_UNAVAILABLE", None)
 
 
 class IdentityLike(Protocol):
@@ -82,6 +81,8 @@ class IdentityLike(Protocol):
     def agent(self) -> str: ...
     @property
     def session(self) -> str | None: ...
+    @property
+    def init_token(self) -> str | None: ...
 
 
 class Resolver(Protocol):
@@ -371,6 +372,7 @@ class Gateway:
             max_wait=0.0,
             retry_attempt=retry_attempt(headers),
             trace_id=trace_id(headers),
+            init_token=ident.init_token,
         )
         profile = engine.policy.classes.get(class_name) if class_name else None
         queue = upstream.queue
@@ -485,8 +487,10 @@ class Gateway:
             status, code = 400, "unknown_workload_class"
         elif reason is Reason.UNKNOWN_TENANT:
             status, code = 403, "unknown_tenant"
-        elif _STORE_UNAVAILABLE is not None and reason is _STORE_UNAVAILABLE:
+        elif reason is Reason.STORE_UNAVAILABLE:
             status, code = 503, "store_unavailable"
+        elif reason is Reason.INVALID_INIT_TOKEN:
+            status, code = 401, "invalid_init_token"
         else:
             status, code = 429, reason.value
         if decision.retry_after is not None and math.isinf(decision.retry_after):

@@ -73,10 +73,12 @@ class Metrics:
 
 def refusal_status(decision: Decision) -> int:
     """HTTP status of a refused decision: 429 rate limited, 403 unknown tenant, 400 unknown
-    class, 503 store unavailable."""
+    class, 401 invalid init token (strict init tier), 503 store unavailable."""
     reason = str(decision.reason)
     if reason == STORE_UNAVAILABLE:
         return 503
+    if reason == "invalid_init_token":
+        return 401
     if reason == "unknown_tenant":
         return 403
     if reason == "unknown_class":

@@ -13,6 +13,7 @@ store :class:`~sluicegate.stores.base.Limit`, and applies workload-class profile
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -225,6 +226,48 @@ def _retry_budget(spec: PolicySpec) -> RetryBudget | None:
     return RetryBudget(rule, rb.percent / 100.0, trace_rule)
 
 
+@dataclass(frozen=True, slots=True)
+class InitTier:
+    """The resolved cold-start tier (see ``InitTierSpec``).
+
+    ``marker`` is a one-unit GCRA bucket per (agent, instance) whose emission interval is the
+    longest token lifetime: consuming it marks the token's first use, and afterwards
+    ``tat - now`` tells how long ago that was, so "still inside the window" is
+    ``tat - now > max_token_ttl - window``. Once the marker refills, every token that could
+    have used it has expired.
+    """
+
+    window: float
+    max_token_ttl: float
+    secrets: tuple[str, ...]
+    strict: bool
+    instance_rules: tuple[Rule, ...]
+    aggregate_rules: tuple[Rule, ...]
+    marker: Limit
+
+
+def _init_tier(spec: PolicySpec) -> InitTier | None:
+    init = spec.init
+    if init is None:
+        return None
+    scoped = [
+        Rule(r.plane, r.axis, r.limit, r.rate, "init", r.pool, r.shadow)
+        for r in plane_rules(Plane.SESSION, init.limits)
+    ]
+    aggregate = [
+        Rule(r.plane, r.axis, r.limit, r.rate, "init", r.pool, r.shadow)
+        for r in plane_rules(Plane.AGENT, init.aggregate)
+    ]
+    current = init.secret or os.environ.get(init.secret_env, "")
+    previous = init.previous_secret or os.environ.get(init.previous_secret_env, "")
+    secrets = tuple(s for s in (current, previous) if len(s.encode()) >= 32)
+    marker = Limit(Algorithm.GCRA, init.max_token_ttl, 1.0)
+    return InitTier(
+        init.window, init.max_token_ttl, secrets, init.strict, tuple(scoped), tuple(aggregate),
+        marker,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Policy:
     """The resolved policy the engine runs on. Immutable; reloading builds a new one."""
@@ -246,6 +289,7 @@ class Policy:
     shadow: bool = False
     retry_budget: RetryBudget | None = None
     max_defer: float = 1.0
+    init: InitTier | None = None
     _cache: dict[tuple[str, str], tuple[Rule, ...] | None] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -329,4 +373,5 @@ def resolve(spec: PolicySpec, source: str = "<policy>") -> Policy:
         shadow=spec.shadow,
         retry_budget=_retry_budget(spec),
         max_defer=spec.classes.max_defer,
+        init=_init_tier(spec),
     )

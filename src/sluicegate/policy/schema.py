@@ -171,6 +171,30 @@ class RetryBudgetSpec(StrictModel):
     scope: Literal["agent", "tenant"] = "agent"
 
 
+class InitTierSpec(StrictModel):
+    """The cold-start tier: an instance presenting a valid init token (``sluicegate token
+    issue``) is limited by ``limits`` (per instance) and ``aggregate`` (all instances of one
+    agent together) instead of the agent and session planes, for ``window`` seconds from the
+    token's first use; tenant and pool limits still apply. ``secret`` (and ``previous_secret``
+    during a rotation) sign the tokens (default: from ``SLUICEGATE_INIT_SECRET`` and
+    ``SLUICEGATE_INIT_SECRET_PREVIOUS``, the variables ``sluicegate token issue`` reads).
+    ``strict`` refuses a forged, expired, reused-too-late or foreign token with 401 instead of
+    ignoring it."""
+
+    window: Annotated[float, BeforeValidator(parse_duration), Field(ge=30, le=120)] = 60.0
+    limits: PlaneLimits
+    aggregate: PlaneLimits | None = None
+    #: The signing secret, inline (e.g. ``"${VAR}"``); when unset it is read from the
+    #: environment variable named by ``secret_env`` when the policy is loaded. Secrets shorter
+    #: than 32 bytes are ignored; with none, no token verifies (the tier stays closed).
+    secret: Annotated[str, Field(min_length=32)] | None = None
+    previous_secret: str | None = None
+    secret_env: str = "SLUICEGATE_INIT_SECRET"
+    previous_secret_env: str = "SLUICEGATE_INIT_SECRET_PREVIOUS"
+    max_token_ttl: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 3600.0
+    strict: bool = False
+
+
 class PolicySpec(StrictModel):
     """The whole policy file."""
 
@@ -182,6 +206,7 @@ class PolicySpec(StrictModel):
     #: How callers are identified (API keys, JWT, session header); see docs/identity.md.
     identity: IdentitySpec | None = None
     retry_budget: RetryBudgetSpec | None = None
+    init: InitTierSpec | None = None
     #: The gateway's routes, upstreams and settings (docs/gateway.md); ignored by the engine.
     routes: list[RouteSpec] = Field(default_factory=list)
     upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)
