@@ -630,8 +630,13 @@ class Gateway:
 
 def retry_attempt(headers: Mapping[str, str]) -> int:
     """Which retry this call is: ``x-stainless-retry-count`` (the official SDKs send it on every
-    attempt) or ``Retry-Attempt``; 0 for an original call or an unparsable value."""
-    value = headers.get("x-stainless-retry-count") or headers.get("retry-attempt")
+    attempt), ``Retry-Attempt`` or ``X-Retry-Attempt``; 0 for an original call or an
+    unparsable value."""
+    value = (
+        headers.get("x-stainless-retry-count")
+        or headers.get("retry-attempt")
+        or headers.get("x-retry-attempt")
+    )
     if value is None or not value.strip().isdigit():
         return 0
     return min(int(value), 1000)
