@@ -29,7 +29,10 @@ _UNIT = {
     Axis.COST: ';qu="cost-units"',
     Axis.CONCURRENCY: ';qu="concurrent-requests"',
     Axis.RETRIES: "",
+    Axis.SHARE: "",
 }
+#: Buckets kept after the rate limits in a plan: rendered by their own headers, if at all.
+_NOT_LIMITS = (Axis.RETRIES, Axis.SHARE)
 
 
 def go_duration(seconds: float) -> str:
@@ -92,8 +95,8 @@ def header_plan(rules: Sequence[Rule]) -> HeaderPlan:
     ``retries``) follow them and are not rate limits, so they get their own header instead of
     ``RateLimit`` items."""
     budget_index = next((i for i, r in enumerate(rules) if r.axis is Axis.RETRIES), None)
-    if budget_index is not None:
-        rules = rules[:budget_index]
+    cut = next((i for i, r in enumerate(rules) if r.axis in _NOT_LIMITS), len(rules))
+    rules = rules[:cut]
     openai = []
     for axis, suffix in ((Axis.REQUESTS, "requests"), (Axis.TOKENS, "tokens")):
         idx = tuple(i for i, r in enumerate(rules) if r.axis is axis)

@@ -8,8 +8,11 @@ engine only joins key strings, picks costs and makes one store call.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
+import json
+import logging
 import math
 import os
 import re
@@ -24,8 +27,24 @@ from sluicegate.engine.decision import Decision, Outcome, Reason, RequestContext
 from sluicegate.engine.init_tokens import verify_token
 from sluicegate.errors import StoreError
 from sluicegate.headers import header_plan
-from sluicegate.policy.resolve import Axis, Plane, Policy, Rule
-from sluicegate.stores.base import Batch, BatchResult, Limit, Reservation, SettleResult, Store
+from sluicegate.policy.resolve import SHARE_COUNTER_LIMIT, Axis, Plane, Policy, PoolBreaker, Rule
+from sluicegate.stores.base import (
+    Algorithm,
+    Batch,
+    BatchResult,
+    Limit,
+    Reservation,
+    SettleResult,
+    Store,
+)
+
+_logger = logging.getLogger("sluicegate.alerts")
+
+
+def _log_alert(event: dict[str, Any]) -> None:
+    """Default alert sink: one structured log line (adapters add webhooks and metrics)."""
+    _logger.warning("alert %s", json.dumps(event, sort_keys=True))
+
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._\-]{1,128}")
 _PLAN_CACHE_MAX = 100_000
@@ -52,13 +71,14 @@ _PLANE_KIND = {
     Plane.POOL: _POOL,
     Plane.TRACE: _TRACE,
 }
-_ONE, _TOKENS, _UNITS, _RETRY, _SLOT = range(5)
+_ONE, _TOKENS, _UNITS, _RETRY, _SLOT, _ZERO = range(6)
 _COST_KIND = {
     Axis.REQUESTS: _ONE,
     Axis.CONCURRENCY: _SLOT,
     Axis.TOKENS: _TOKENS,
     Axis.COST: _UNITS,
     Axis.RETRIES: _RETRY,
+    Axis.SHARE: _ONE,
 }
 
 
@@ -80,6 +100,10 @@ class _Plan:
     headers: Any
     id_prefix: str
     trace_prefix: str
+    #: Index of the retry-budget bucket, and of the breaker's (tenant share, pool total, trip).
+    budget_idx: int | None = None
+    breaker_idx: tuple[int, int, int] | None = None
+    breaker: PoolBreaker | None = None
     shadow: _Plan | None = None
 
 
@@ -114,6 +138,8 @@ def _keys_and_costs(
             costs.append(hits)
         elif cost_kind == _SLOT:
             costs.append(slot)
+        elif cost_kind == _ZERO:
+            costs.append(0.0)
         elif cost_kind == _TOKENS:
             costs.append(tokens)
         elif cost_kind == _UNITS:
@@ -142,13 +168,17 @@ class Engine:
         clock: Clock | None = None,
         *,
         wall_clock: Callable[[], float] = time.time,
+        on_alert: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._policy = policy
         self.store = store
         self.clock: Clock = clock or MonotonicClock()
         #: Wall-clock seconds, only for init tokens' issue and expiry times.
         self.wall_clock = wall_clock
-        self._plans: dict[tuple[str, str, str | None, bool, bool], _Plan | None] = {}
+        self._plans: dict[tuple[str, str, str | None, bool, bool, bool], _Plan | None] = {}
+        #: Tenant breakers this replica has seen open: (tenant, pool) -> open until (clock).
+        self._held: dict[tuple[str, str], float] = {}
+        self.on_alert: Callable[[dict[str, Any]], None] = on_alert or _log_alert
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(5).hex()
 
@@ -174,7 +204,13 @@ class Engine:
         return policy.default_class, warning
 
     def _plan(
-        self, tenant: str, class_name: str, pool: str | None, has_session: bool, init: bool
+        self,
+        tenant: str,
+        class_name: str,
+        pool: str | None,
+        has_session: bool,
+        init: bool,
+        held: bool,
     ) -> _Plan | None:
         policy = self._policy
         rules = policy.rules_for(tenant, class_name)
@@ -188,8 +224,11 @@ class Engine:
             rules = tenant_rules + policy.init.aggregate_rules + policy.init.instance_rules
         elif not has_session:
             rules = tuple(r for r in rules if r.plane is not Plane.SESSION)
+        breaker = policy.breakers.get(pool) if pool is not None else None
         if pool is not None:
             rules = rules + policy.pools.get(pool, ())
+        if held and breaker is not None:
+            rules = rules + (breaker.floor_rule,)  # the tripped tenant is held to the floor
         shadow_rules = tuple(r for r in rules if r.shadow)
         shadow = None
         if shadow_rules:
@@ -198,7 +237,14 @@ class Engine:
         if policy.retry_budget is not None:
             # After the rate limits: the header plan renders it as its own header.
             rules = rules + (policy.retry_budget.rule,)
-        return self._build_plan(tenant, class_name, rules, shadow)
+        if breaker is not None:
+            rules = rules + (breaker.tenant_counter, breaker.pool_counter, breaker.trip)
+        plan = self._build_plan(tenant, class_name, rules, shadow)
+        budget_idx = next((i for i, r in enumerate(rules) if r.axis is Axis.RETRIES), None)
+        breaker_idx = (len(rules) - 3, len(rules) - 2, len(rules) - 1) if breaker else None
+        return dataclasses.replace(
+            plan, budget_idx=budget_idx, breaker_idx=breaker_idx, breaker=breaker
+        )
 
     def _build_plan(
         self, tenant: str, class_name: str, rules: tuple[Rule, ...], shadow: _Plan | None
@@ -220,7 +266,13 @@ class Engine:
             else:
                 prefixes.append(f"sg:{{pool:{safe_id(r.pool or '')}}}:{r.axis.value}")
             suffixes.append(f"{scope}:{r.axis.value}")
-        cost_kinds = tuple(_COST_KIND[r.axis] for r in rules)
+        # The breaker's trip bucket is only checked (cost 0) on every call; it is consumed by
+        # a separate call when the breaker opens.
+        cost_kinds = tuple(
+            _ZERO if r.axis is Axis.SHARE and r.limit.algorithm is Algorithm.GCRA
+            else _COST_KIND[r.axis]
+            for r in rules
+        )  # fmt: skip
         return _Plan(
             rules=rules,
             limits=tuple(r.limit for r in rules),
@@ -287,7 +339,11 @@ class Engine:
                 return self._refusal(Reason.INVALID_INIT_TOKEN, class_name, f"init token: {why}")
             if instance is not None:
                 init, session = True, instance  # the instance takes the session's place
-        plan_key = (ctx.tenant, class_name, ctx.pool, session is not None, init)
+        held = False
+        if ctx.pool is not None and self._held:
+            until = self._held.get((ctx.tenant, ctx.pool))
+            held = until is not None and until > self.clock.now()
+        plan_key = (ctx.tenant, class_name, ctx.pool, session is not None, init, held)
         plans = self._plans
         plan = plans.get(plan_key)
         if plan is None:
@@ -345,6 +401,8 @@ class Engine:
                     tokens if reservation is not None else 0.0, warning, plan.headers,
                 )  # fmt: skip
                 decision.init_tier = init
+                if plan.breaker is not None:
+                    await self._watch_breaker(ctx.tenant, plan, keys, result)
                 if plan.shadow is not None:
                     await self._shadow(
                         decision, plan.shadow, agent, agent_session, tokens, units, hits
@@ -368,11 +426,14 @@ class Engine:
             rules, keys, costs, result, 0.0, warning, plan.headers,
         )  # fmt: skip
         decision.init_tier = init
+        if plan.breaker is not None:
+            self._note_breaker(ctx.tenant, plan, result)
         if reason is Reason.RATE_LIMITED and budget is not None and retry > 0:
             # A retry the limits refused was still sent: it spends the retry budget (as in
             # Finagle, which withdraws per retry attempted), so a storm of refused retries soon
             # gets ``retry_budget_exhausted`` and ``x-should-retry: false``.
-            i = len(plan.rules) - 1  # the budget is the plan's last rule
+            i = plan.budget_idx
+            assert i is not None
             try:
                 await self.store.apply(Batch([keys[i]], [plan.limits[i]], [1.0]), self.clock.now())
             except StoreError:
@@ -384,6 +445,48 @@ class Engine:
             decision.shadow_refused = True
             decision.shadow_buckets = tuple(b.name for b in decision.refusing)
         return decision
+
+    def _note_breaker(self, tenant: str, plan: _Plan, result: BatchResult) -> bool:
+        """Learn the tenant breaker's state from the zero-cost trip check; True when open."""
+        assert plan.breaker is not None and plan.breaker_idx is not None
+        open_for = result.reset[plan.breaker_idx[2]]
+        key = (tenant, plan.breaker.pool)
+        if open_for > 0:
+            self._held[key] = self.clock.now() + open_for
+            return True
+        if self._held.pop(key, None) is not None:
+            _logger.info("tenant breaker closed tenant=%s pool=%s", tenant, plan.breaker.pool)
+        return False
+
+    async def _watch_breaker(
+        self, tenant: str, plan: _Plan, keys: list[str], result: BatchResult
+    ) -> None:
+        """After an admitted pool call: open the tenant's breaker when its share is too high."""
+        breaker = plan.breaker
+        assert breaker is not None and plan.breaker_idx is not None
+        if self._note_breaker(tenant, plan, result):
+            return
+        t_i, p_i, trip_i = plan.breaker_idx
+        used = SHARE_COUNTER_LIMIT - result.remaining[t_i]
+        total = SHARE_COUNTER_LIMIT - result.remaining[p_i]
+        if total < breaker.min_volume or used <= breaker.share * total:
+            return
+        # Only one call, on any replica, consumes the one-unit trip bucket: it alone alerts.
+        trip = await self.store.apply(
+            Batch([keys[trip_i]], [plan.limits[trip_i]], [1.0]), self.clock.now()
+        )
+        if trip.allowed:
+            self._held[(tenant, breaker.pool)] = self.clock.now() + breaker.cooldown
+            self.on_alert(
+                {
+                    "event": "tenant_breaker_open",
+                    "tenant": tenant,
+                    "pool": breaker.pool,
+                    "share": round(used / total, 4),
+                    "threshold": breaker.share,
+                    "action": f"held to {breaker.floor_rule.rate} for {breaker.cooldown:g}s",
+                }
+            )
 
     async def _shadow(
         self,

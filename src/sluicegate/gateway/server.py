@@ -29,8 +29,8 @@ from typing import Any, cast
 
 import uvicorn
 
+from sluicegate.alerts import AlertSink
 from sluicegate.clock import Clock
-from sluicegate.engine import Engine
 from sluicegate.engine.factory import open_engine
 from sluicegate.errors import ConfigurationError, PolicyError, SluicegateError
 from sluicegate.gateway.admin import AdminApp
@@ -39,7 +39,6 @@ from sluicegate.gateway.httpserver import LeanServer
 from sluicegate.gateway.metrics import Metrics
 from sluicegate.gateway.mock import MockUpstream
 from sluicegate.gateway.proxy import Gateway, Resolver
-from sluicegate.stores.url import open_store
 
 log = logging.getLogger("sluicegate.gateway")
 ResolverFactory = Callable[[GatewayConfig], Resolver]
@@ -180,11 +179,12 @@ class GatewayServer:
         config = load_gateway_policy(self.policy_path, upstream_override=self.upstream_url)
         self.config = config
         configure_logging(json_lines=config.settings.log_json)
-        if config.policy.store_url == "memory":
-            # open_engine passes store_options the memory store currently rejects (timeout=...)
-            self.engine = Engine(config.policy, await open_store("memory"), self._clock)
-        else:
-            self.engine = await open_engine(config.policy, clock=self._clock)
+        self.engine = await open_engine(config.policy, clock=self._clock)
+        alerts = config.policy.spec.alerts
+        self.alerts = AlertSink(
+            [a.webhook for a in alerts], timeout=max((a.timeout for a in alerts), default=2.0)
+        )
+        self.engine.on_alert = self.alerts.emit
         self.store = self.engine.store
         resolver = self._factory(config)
         self.gateway = Gateway(
@@ -292,6 +292,8 @@ class GatewayServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._servers.clear()
+        if hasattr(self, "alerts"):
+            await self.alerts.aclose()
         if hasattr(self, "gateway"):
             await self.gateway.aclose()
         if hasattr(self, "store"):

@@ -29,7 +29,7 @@ RETRY_BUDGET_FIX: dict[str, Any] = {
     "max_per_trace": 10,
 }
 INIT_FIX: dict[str, Any] = {"window": "60s", "limits": {"requests": "200/min", "burst": 50}}
-BREAKER_FIX: dict[str, Any] = {"share": 0.3, "window": "60s", "cooldown": "120s"}
+BREAKER_FIX: dict[str, Any] = {"share": 0.3, "window": "60s", "floor": "10/min", "cooldown": "120s"}
 
 
 def raw(data: Any, loc: Loc) -> Any:

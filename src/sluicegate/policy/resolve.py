@@ -25,6 +25,7 @@ from sluicegate.policy.schema import (
     BUILTIN_CLASSES,
     PLANES,
     AxisLimit,
+    BreakerSpec,
     ClassSpec,
     CostRule,
     PlaneLimits,
@@ -52,6 +53,7 @@ class Axis(StrEnum):
     COST = "cost"
     CONCURRENCY = "concurrency"
     RETRIES = "retries"
+    SHARE = "share"  # tenant-breaker bookkeeping: not a limit, never refuses
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +270,56 @@ def _init_tier(spec: PolicySpec) -> InitTier | None:
     )  # fmt: skip
 
 
+#: Limit of the breaker's share counters: large enough never to refuse, small enough that
+#: ``limit - remaining`` is exact in a double.
+SHARE_COUNTER_LIMIT = 1e12
+
+
+@dataclass(frozen=True, slots=True)
+class PoolBreaker:
+    """The resolved tenant breaker of one pool (see ``BreakerSpec``).
+
+    Every call through the pool adds 1 to the tenant's share counter and to the pool's total
+    (sliding windows of ``window``), and checks (cost 0) the tenant's one-unit trip bucket,
+    whose refill time is the cooldown: ``reset > 0`` means the breaker is open. When the share
+    passes the threshold, consuming the trip bucket opens the breaker; only one call (across
+    all replicas) succeeds in consuming it, and that one raises the alert: once per trip.
+    """
+
+    pool: str
+    share: float
+    min_volume: int
+    cooldown: float
+    floor_rule: Rule
+    tenant_counter: Rule
+    pool_counter: Rule
+    trip: Rule
+
+
+def _breaker(name: str, spec: BreakerSpec | None) -> PoolBreaker | None:
+    if spec is None:
+        return None
+    floor = spec.floor
+    floor_limit = Limit(Algorithm.GCRA, floor.period / floor.count, max(1.0, floor.count))
+    counter = Limit(Algorithm.SLIDING_WINDOW, spec.window, SHARE_COUNTER_LIMIT)
+    return PoolBreaker(
+        pool=name,
+        share=spec.share,
+        min_volume=spec.min_volume,
+        cooldown=spec.cooldown,
+        floor_rule=Rule(Plane.TENANT, Axis.REQUESTS, floor_limit, floor, f"breaker-{name}"),
+        tenant_counter=Rule(Plane.TENANT, Axis.SHARE, counter, None, f"share-{name}"),
+        pool_counter=Rule(Plane.POOL, Axis.SHARE, counter, None, None, name),
+        trip=Rule(
+            Plane.TENANT,
+            Axis.SHARE,
+            Limit(Algorithm.GCRA, spec.cooldown, 1.0),
+            None,
+            f"trip-{name}",
+        ),  # fmt: skip
+    )
+
+
 @dataclass(frozen=True)
 class Policy:
     """The resolved policy the engine runs on. Immutable; reloading builds a new one."""
@@ -290,6 +342,7 @@ class Policy:
     retry_budget: RetryBudget | None = None
     max_defer: float = 1.0
     init: InitTier | None = None
+    breakers: Mapping[str, PoolBreaker] = field(default_factory=dict)
     _cache: dict[tuple[str, str], tuple[Rule, ...] | None] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -374,4 +427,7 @@ def resolve(spec: PolicySpec, source: str = "<policy>") -> Policy:
         retry_budget=_retry_budget(spec),
         max_defer=spec.classes.max_defer,
         init=_init_tier(spec),
+        breakers=MappingProxyType(
+            {n: b for n, p in spec.pools.items() if (b := _breaker(n, p.breaker)) is not None}
+        ),
     )

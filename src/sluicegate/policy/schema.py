@@ -138,8 +138,23 @@ class CostRule(StrictModel):
         return self
 
 
+class BreakerSpec(StrictModel):
+    """The tenant isolation breaker of a shared pool: when one tenant's share of the pool's
+    admitted calls over ``window`` exceeds ``share`` (and the pool saw at least ``min_volume``
+    calls), that tenant is held to ``floor`` for ``cooldown``; then the breaker closes again
+    (half-open: it re-trips at once if the tenant still takes too much)."""
+
+    share: Annotated[float, Field(gt=0, le=1)] = 0.3
+    window: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 60.0
+    floor: RateField = Rate(10, 60)
+    cooldown: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 120.0
+    min_volume: Annotated[int, Field(ge=1)] = 20
+
+
 class PoolSpec(PlaneLimits):
     """A shared upstream pool (a provider's quota) that every tenant's calls draw from."""
+
+    breaker: BreakerSpec | None = None
 
 
 class StoreOptions(StrictModel):
@@ -195,6 +210,14 @@ class InitTierSpec(StrictModel):
     strict: bool = False
 
 
+class AlertSpec(StrictModel):
+    """Where alerts (tenant breaker trips, ...) go besides the log: a webhook receiving one JSON
+    POST per alert, retried with backoff, never on the request path."""
+
+    webhook: Annotated[str, Field(pattern=r"^https?://")]
+    timeout: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 2.0
+
+
 class PolicySpec(StrictModel):
     """The whole policy file."""
 
@@ -207,6 +230,7 @@ class PolicySpec(StrictModel):
     identity: IdentitySpec | None = None
     retry_budget: RetryBudgetSpec | None = None
     init: InitTierSpec | None = None
+    alerts: list[AlertSpec] = Field(default_factory=list)
     #: The gateway's routes, upstreams and settings (docs/gateway.md); ignored by the engine.
     routes: list[RouteSpec] = Field(default_factory=list)
     upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)
