@@ -71,6 +71,9 @@ class Rule:
     name: str = field(init=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        if self.axis is Axis.SHARE:  # "share-openai", "trip-openai", "pool-openai-share"
+            object.__setattr__(self, "name", self.scope or f"pool-{self.pool}-share")
+            return
         if self.axis is Axis.RETRIES:  # "agent-retry-budget", "trace-retries"
             name = "trace-retries" if self.plane is Plane.TRACE else f"{self.plane}-retry-budget"
             object.__setattr__(self, "name", name)
