@@ -85,6 +85,7 @@ pools:
 
             await asyncio.gather(*(flood() for _ in range(6)), behave())
             await gw.alerts.drain()
+            metrics = gw.metrics.render()
     hook.close()
     await hook.wait_closed()
     ok = [s for s, _ in quiet if s == 200]
@@ -98,6 +99,8 @@ pools:
     assert p95 < 3.0  # within its class SLA even on a loaded machine (realtime target 0.8 s)
     assert runaway.count(429) > 0 and runaway.count(200) < len(runaway) / 2
     assert [e["tenant"] for e in receiver.events] == ["acme"]  # exactly one alert for one trip
+    text = metrics.decode() if isinstance(metrics, bytes) else str(metrics)
+    assert 'sluicegate_tenant_breaker_trips_total{pool="openai",tenant="acme"} 1.0' in text
 
 
 async def test_fleet_start_with_init_tokens_through_the_gateway(

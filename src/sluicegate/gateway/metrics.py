@@ -49,6 +49,12 @@ class Metrics:
             ("upstream", "workload_class"),
             registry=r,
         )
+        self.breaker_trips = Counter(
+            "sluicegate_tenant_breaker_trips_total",
+            "Tenant breaker trips (one per trip across replicas: counted where it tripped).",
+            ("tenant", "pool"),
+            registry=r,
+        )
         self.upstream_latency = Histogram(
             "sluicegate_upstream_latency_seconds",
             "Time from forwarding to the upstream's response head.",

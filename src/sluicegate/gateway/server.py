@@ -171,6 +171,13 @@ class GatewayServer:
         host, port = sock.getsockname()[:2]
         return f"http://{host}:{port}"
 
+    def _on_alert(self, event: dict[str, Any]) -> None:
+        """Alerts go to the log and webhooks (AlertSink) and into the metrics."""
+        if event.get("event") == "tenant_breaker_open":
+            labels = (str(event.get("tenant")), str(event.get("pool")))
+            self.metrics.breaker_trips.labels(*labels).inc()
+        self.alerts.emit(event)
+
     async def start(self) -> None:
         if self._mock and self.upstream_url is None:
             self.mock = MockUpstream()
@@ -184,7 +191,7 @@ class GatewayServer:
         self.alerts = AlertSink(
             [a.webhook for a in alerts], timeout=max((a.timeout for a in alerts), default=2.0)
         )
-        self.engine.on_alert = self.alerts.emit
+        self.engine.on_alert = self._on_alert
         self.store = self.engine.store
         resolver = self._factory(config)
         self.gateway = Gateway(
