@@ -44,6 +44,7 @@ from pydantic import (
 )
 
 from sluicegate.errors import PolicyError, PolicyProblem
+from sluicegate.policy.located import read_text
 from sluicegate.policy.units import parse_duration
 
 #: Longest tenant, agent or session id accepted (the engine hashes longer key parts anyway).
@@ -333,12 +334,5 @@ def parse_api_keys_text(text: str, source: str) -> list[ApiKeyEntry]:
 
 def load_api_keys_file(path: Path) -> list[ApiKeyEntry]:
     """Read and validate an API keys file (unreadable: a :class:`PolicyError` too)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(
-            [PolicyProblem(str(path), None, "", f"cannot read API keys file: {exc.strerror}")]
-        ) from None
-    except UnicodeDecodeError:
-        raise PolicyError([PolicyProblem(str(path), None, "", "not UTF-8 text")]) from None
+    text = read_text(path, what="API keys file")
     return parse_api_keys_text(text, str(path))

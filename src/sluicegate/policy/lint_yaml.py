@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
-Loc = tuple[str | int, ...]
+from sluicegate.policy.located import Loc, dotted, line_for, walk
+
+__all__ = ["Loc", "LocatedError", "dotted", "dump_yaml", "line_for", "load_located"]
 
 
 class LocatedError(ValueError):
@@ -23,21 +25,6 @@ class LocatedError(ValueError):
     def __init__(self, message: str, line: int | None) -> None:
         super().__init__(message)
         self.line = line
-
-
-def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> Any:
-    lines.setdefault(loc, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
-            child = (*loc, key)
-            lines[child] = key_node.start_mark.line + 1
-            out[key] = _walk(value_node, child, lines)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_walk(item, (*loc, i), lines) for i, item in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
 
 
 def load_located(text: str) -> tuple[Any, dict[Loc, int]]:
@@ -51,24 +38,7 @@ def load_located(text: str) -> tuple[Any, dict[Loc, int]]:
     lines: dict[Loc, int] = {}
     if root is None:
         return None, lines
-    return _walk(root, (), lines), lines
-
-
-def line_for(loc: Loc, lines: dict[Loc, int]) -> int | None:
-    """The line of ``loc``, or of its nearest located ancestor."""
-    for cut in range(len(loc), -1, -1):
-        line = lines.get(loc[:cut])
-        if line is not None:
-            return line
-    return None
-
-
-def dotted(loc: Loc) -> str:
-    """``("tiers", "pro", "session")`` -> ``tiers.pro.session``; indexes as ``[0]``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
+    return walk(root, (), lines), lines
 
 
 _PLAIN_UNSAFE = set(":#{}[],&*!|>'\"%@`")

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sluicegate.errors import PolicyError, PolicyProblem
+from sluicegate.policy.located import Loc, dotted, line_for, read_text, walk
 from sluicegate.policy.schema import (
     AXES,
     AXIS_BURST_KEYS,
@@ -24,41 +25,6 @@ from sluicegate.policy.schema import (
     ClassesSpec,
     PolicySpec,
 )
-
-Loc = tuple[str | int, ...]
-
-
-def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], dups: list[tuple[Loc, int]]) -> Any:
-    """Build plain Python data from a node tree, recording each key's 1-based line."""
-    lines.setdefault(loc, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
-            child = (*loc, key)
-            if key in out:
-                dups.append((child, key_node.start_mark.line + 1))
-            lines[child] = key_node.start_mark.line + 1
-            out[key] = _walk(value_node, child, lines, dups)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_walk(item, (*loc, i), lines, dups) for i, item in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
-
-
-def _line_for(loc: Loc, lines: dict[Loc, int]) -> int | None:
-    for cut in range(len(loc), -1, -1):
-        line = lines.get(loc[:cut])
-        if line is not None:
-            return line
-    return None
-
-
-def _dotted(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _model_at(loc: Loc) -> type[BaseModel] | None:
@@ -229,14 +195,14 @@ def load_policy_text(text: str, source: str = "<policy>") -> PolicySpec:
         raise PolicyError([PolicyProblem(source, None, "", "the policy file is empty")])
     lines: dict[Loc, int] = {}
     dups: list[tuple[Loc, int]] = []
-    data = _walk(root, (), lines, dups)
-    problems = [PolicyProblem(source, line, _dotted(loc), "duplicate key") for loc, line in dups]
+    data = walk(root, (), lines, dups)
+    problems = [PolicyProblem(source, line, dotted(loc), "duplicate key") for loc, line in dups]
     if not isinstance(data, dict):
         raise PolicyError([PolicyProblem(source, 1, "", "a policy must be a mapping of keys")])
     env_problems: list[tuple[Loc, str]] = []
     data = _expand_env(data, (), env_problems)
     problems += [
-        PolicyProblem(source, _line_for(loc, lines), _dotted(loc), m) for loc, m in env_problems
+        PolicyProblem(source, line_for(loc, lines), dotted(loc), m) for loc, m in env_problems
     ]
     spec: PolicySpec | None = None
     try:
@@ -244,10 +210,10 @@ def load_policy_text(text: str, source: str = "<policy>") -> PolicySpec:
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             loc = _clean_loc(tuple(err["loc"]), data)
-            line = _line_for(loc, lines)
-            problems.append(PolicyProblem(source, line, _dotted(loc), _message(err, loc)))
+            line = line_for(loc, lines)
+            problems.append(PolicyProblem(source, line, dotted(loc), _message(err, loc)))
     for loc, msg in _semantic(data):
-        problems.append(PolicyProblem(source, _line_for(loc, lines), _dotted(loc), msg))
+        problems.append(PolicyProblem(source, line_for(loc, lines), dotted(loc), msg))
     if problems or spec is None:
         raise PolicyError(_sorted(problems))
     return spec
@@ -260,12 +226,5 @@ def _sorted(problems: list[PolicyProblem]) -> list[PolicyProblem]:
 def load_policy_file(path: str | os.PathLike[str]) -> PolicySpec:
     """Read and validate a policy file; unreadable files are a :class:`PolicyError` too."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(
-            [PolicyProblem(str(p), None, "", f"cannot read: {exc.strerror}")]
-        ) from None
-    except UnicodeDecodeError:
-        raise PolicyError([PolicyProblem(str(p), None, "", "not UTF-8 text")]) from None
+    text = read_text(p)
     return load_policy_text(text, str(p))
