@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from sluicegate.cli import main
 from sluicegate.errors import PolicyError
 from sluicegate.policy import policy_from_text
 from sluicegate.policy.importers import detect, import_file, import_text
 from sluicegate.policy.lint import lint_doc, lint_text, supports
-from sluicegate.policy.lint_cli import main
 from sluicegate.policy.lint_fix import convert
 from sluicegate.policy.lint_yaml import load_located
 

@@ -247,7 +247,7 @@ async def test_cli_rls_subprocess() -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sluicegate.integrations.cli", "rls", "--host", "127.0.0.1",
+        [sys.executable, "-m", "sluicegate.cli", "rls", "--host", "127.0.0.1",
          "--port", str(port), "--policy", str(FIX / "policy.yaml"),
          "--envoy-config", str(FIX / "ratelimit.yaml"), "--key", "agent=user"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from sluicegate.cli import main
 from sluicegate.policy import policy_from_text
 from sluicegate.policy.lint import (
     RULES,
@@ -24,7 +25,6 @@ from sluicegate.policy.lint import (
     reaches,
     supports,
 )
-from sluicegate.policy.lint_cli import main
 from sluicegate.policy.lint_fix import convert
 from sluicegate.policy.lint_output import render_text, sarif
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from sluicegate.cli import main
 from sluicegate.policy import load_policy
 from sluicegate.sim import build_scenario, compare
-from sluicegate.sim.cli import main, register
+from sluicegate.sim.cli import register
 from sluicegate.sim.report import html_report, text_report
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sim"

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sluicegate.errors import ConfigurationError, PolicyError, SluicegateError
+from sluicegate.errors import ConfigurationError, PolicyError
 
 TOKEN_ENV = "SLUICEGATE_DECIDE_TOKEN"
 
@@ -109,7 +109,13 @@ async def _run_rls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logging() -> None:
+    """The servers log at INFO (the CLI configures nothing by default)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
 def _cmd_rls(args: argparse.Namespace) -> int:
+    _logging()
     if not (args.policy or args.envoy_config or args.minimal):
         print("sluicegate rls: give --policy FILE and/or --envoy-config FILE", file=sys.stderr)
         return 2
@@ -139,6 +145,7 @@ async def _run_decide_api(args: argparse.Namespace, token: str) -> int:
 
 
 def _cmd_decide_api(args: argparse.Namespace) -> int:
+    _logging()
     token = os.environ.get(args.token_env, "")
     if not token:
         print(f"sluicegate decide-api: set the bearer token in ${args.token_env}", file=sys.stderr)
@@ -189,22 +196,3 @@ def register(subparsers: Any) -> None:
     )
     d.add_argument("--body-style", choices=["openai", "anthropic"], default="openai")
     d.set_defaults(func=_cmd_decide_api)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sluicegate")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        code: int = args.func(args)
-    except SluicegateError as exc:
-        print(f"sluicegate: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return code
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -123,16 +123,3 @@ def register(subparsers: Any) -> None:
     conv.add_argument("-o", "--output", metavar="OUT", help="output file (default: stdout)")
     _common(conv)
     conv.set_defaults(func=_cmd_convert)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m sluicegate.policy.lint_cli lint|convert ...`` (until wired into the CLI)."""
-    parser = argparse.ArgumentParser(prog="sluicegate")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -2,6 +2,6 @@
 
 import sys
 
-from sluicegate.sim.cli import main
+from sluicegate.cli import main
 
 sys.exit(main())

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 
 from sluicegate.errors import PolicyError
 from sluicegate.policy import load_policy, parse_duration
@@ -112,11 +111,3 @@ def _labels(args: argparse.Namespace) -> tuple[str, str]:
 
     a, b = Path(args.policy).stem, Path(args.against).stem
     return (a, b) if a != b else (args.policy, args.against)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sluicegate")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
