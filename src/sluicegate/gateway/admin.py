@@ -22,7 +22,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sluicegate.gateway.responses import Receive, Scope, Send, send_bytes
+from sluicegate.gateway.responses import Receive, Scope, Send, send_bytes, serve_lifespan
 
 Reloader = Callable[[], Awaitable[list[str]]]
 StatusFn = Callable[[], Awaitable[dict[str, Any]]]
@@ -48,12 +48,8 @@ class AdminApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                kind = message["type"]
-                await send({"type": kind + ".complete"})
-                if kind == "lifespan.shutdown":
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         path: str = scope["path"]

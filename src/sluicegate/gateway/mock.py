@@ -23,7 +23,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from sluicegate.cost import Dialect, estimate_request
-from sluicegate.gateway.responses import Receive, Scope, Send, send_bytes
+from sluicegate.gateway.responses import Receive, Scope, Send, send_bytes, serve_lifespan
 
 _WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
 
@@ -37,12 +37,8 @@ class MockUpstream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                kind = message["type"]
-                await send({"type": kind + ".complete"})
-                if kind == "lifespan.shutdown":
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}

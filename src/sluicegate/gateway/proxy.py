@@ -43,7 +43,7 @@ from sluicegate.errors import SluicegateError
 from sluicegate.gateway.admission import AdmissionQueue
 from sluicegate.gateway.config import GatewayConfig
 from sluicegate.gateway.metrics import Metrics
-from sluicegate.gateway.responses import Receive, Scope, Send, send_error
+from sluicegate.gateway.responses import Receive, Scope, Send, send_error, serve_lifespan
 from sluicegate.gateway.transport import (
     FastTransport,
     Headers,
@@ -207,17 +207,7 @@ class Gateway:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+            await serve_lifespan(receive, send, self.aclose)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

@@ -71,3 +71,17 @@ async def send_error(
     headers: RawHeaders | None = None,
 ) -> None:
     await send_bytes(send, status, error_body(dialect, status, message, code), headers or [])
+
+
+async def serve_lifespan(
+    receive: Receive, send: Send, on_shutdown: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Answer the ASGI lifespan protocol (startup, then shutdown after ``on_shutdown``)."""
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "lifespan.shutdown" and on_shutdown is not None:
+            await on_shutdown()
+        await send({"type": kind + ".complete"})
+        if kind == "lifespan.shutdown":
+            return
