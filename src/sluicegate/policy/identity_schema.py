@@ -31,7 +31,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -44,7 +43,7 @@ from pydantic import (
 )
 
 from sluicegate.errors import PolicyError, PolicyProblem
-from sluicegate.policy.located import read_text
+from sluicegate.policy.located import compose, dotted, line_for, read_text
 from sluicegate.policy.units import parse_duration
 
 #: Longest tenant, agent or session id accepted (the engine hashes longer key parts anyway).
@@ -255,31 +254,6 @@ class IdentitySpec(_Strict):
 # --- the API keys file -------------------------------------------------------------------------
 
 _ENTRIES: TypeAdapter[list[ApiKeyEntry]] = TypeAdapter(list[ApiKeyEntry])
-_Loc = tuple[str | int, ...]
-
-
-def _walk(node: yaml.Node, loc: _Loc, lines: dict[_Loc, int]) -> Any:
-    lines.setdefault(loc, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
-            lines[(*loc, key)] = key_node.start_mark.line + 1
-            out[key] = _walk(value_node, (*loc, key), lines)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_walk(item, (*loc, i), lines) for i, item in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
-
-
-def _where(loc: _Loc, lines: dict[_Loc, int]) -> tuple[int | None, str]:
-    line = None
-    for cut in range(len(loc), -1, -1):
-        line = lines.get(loc[:cut])
-        if line is not None:
-            break
-    dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-    return line, dotted
 
 
 def _error_text(err: Any) -> str:
@@ -294,17 +268,9 @@ def _error_text(err: Any) -> str:
 def parse_api_keys_text(text: str, source: str) -> list[ApiKeyEntry]:
     """Validate the text of an API keys file: a YAML list of ``{sha256, tenant, agent, name?}``
     (an empty file is an empty list). Raises :class:`PolicyError` with ``file:line`` problems."""
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError([PolicyProblem(source, line, "", f"invalid YAML: {problem}")]) from None
-    if root is None:
+    data, lines = compose(text, source)
+    if not lines:
         return []
-    lines: dict[_Loc, int] = {}
-    data = _walk(root, (), lines)
     if not isinstance(data, list):
         raise PolicyError(
             [PolicyProblem(source, 1, "", "an API keys file must be a YAML list of entries")]
@@ -315,16 +281,17 @@ def parse_api_keys_text(text: str, source: str) -> list[ApiKeyEntry]:
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-            line, dotted = _where(loc, lines)
-            problems.append(PolicyProblem(source, line, dotted, _error_text(err)))
+            problems.append(
+                PolicyProblem(source, line_for(loc, lines), dotted(loc), _error_text(err))
+            )
         raise PolicyError(problems) from None
     seen: dict[str, int] = {}
     for i, entry in enumerate(entries):
         if entry.sha256 in seen:
-            line, dotted = _where((i, "sha256"), lines)
+            line, where = line_for((i, "sha256"), lines), dotted((i, "sha256"))
             first = lines.get((seen[entry.sha256],))
             problems.append(
-                PolicyProblem(source, line, dotted, f"duplicate key hash (first at line {first})")
+                PolicyProblem(source, line, where, f"duplicate key hash (first at line {first})")
             )
         seen.setdefault(entry.sha256, i)
     if problems:

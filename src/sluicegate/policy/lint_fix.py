@@ -33,6 +33,7 @@ from sluicegate.policy.lint import (
     lint_doc,
 )
 from sluicegate.policy.lint_yaml import Loc, dump_yaml
+from sluicegate.policy.located import exists
 
 ROUNDS: tuple[frozenset[str], ...] = (
     frozenset({"SG006", "SG104"}),
@@ -77,20 +78,8 @@ def apply_patch(data: dict[str, Any], patch: Patch) -> None:
             cur[last] = copy.deepcopy(patch.value)
 
 
-def _exists(data: Any, loc: Loc) -> bool:
-    cur = data
-    for part in loc:
-        if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
-            cur = cur[part]
-        else:
-            return False
-    return True
-
-
 def _anchor(data: dict[str, Any], loc: Loc) -> Loc:
-    while loc and not _exists(data, loc):
+    while loc and not exists(data, loc):
         loc = loc[:-1]
     return loc
 

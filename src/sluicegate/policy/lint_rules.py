@@ -15,6 +15,7 @@ from typing import Any
 
 from sluicegate.policy.lint import DELETE, Finding, LintDoc, LintOptions, Patch, supports
 from sluicegate.policy.lint_yaml import Loc
+from sluicegate.policy.located import value_at
 from sluicegate.policy.resolve import Axis, Plane, Rule, plane_rules
 from sluicegate.policy.schema import AXES, AXIS_BURST_KEYS, PLANES, PlaneLimits
 from sluicegate.policy.units import Rate, format_count
@@ -34,15 +35,7 @@ BREAKER_FIX: dict[str, Any] = {"share": 0.3, "window": "60s", "floor": "10/min",
 
 def raw(data: Any, loc: Loc) -> Any:
     """The raw value at ``loc`` (``None`` if absent)."""
-    cur = data
-    for part in loc:
-        if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
-            cur = cur[part]
-        else:
-            return None
-    return cur
+    return value_at(data, loc)
 
 
 def sig(x: float) -> float:

@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from sluicegate.errors import PolicyError, PolicyProblem
-from sluicegate.policy.located import Loc, dotted, line_for, read_text, walk
+from sluicegate.policy.located import Loc, compose, dotted, line_for, read_text
 from sluicegate.policy.schema import (
     AXES,
     AXIS_BURST_KEYS,
@@ -184,18 +183,10 @@ def _semantic(data: dict[str, Any]) -> Iterator[tuple[Loc, str]]:
 
 def load_policy_text(text: str, source: str = "<policy>") -> PolicySpec:
     """Parse and validate policy YAML; raises :class:`PolicyError` listing every problem."""
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError([PolicyProblem(source, line, "", f"invalid YAML: {problem}")]) from None
-    if root is None:
-        raise PolicyError([PolicyProblem(source, None, "", "the policy file is empty")])
-    lines: dict[Loc, int] = {}
     dups: list[tuple[Loc, int]] = []
-    data = walk(root, (), lines, dups)
+    data, lines = compose(text, source, dups)
+    if not lines:  # no document at all (a document that is just `null` is "not a mapping")
+        raise PolicyError([PolicyProblem(source, None, "", "the policy file is empty")])
     problems = [PolicyProblem(source, line, dotted(loc), "duplicate key") for loc, line in dups]
     if not isinstance(data, dict):
         raise PolicyError([PolicyProblem(source, 1, "", "a policy must be a mapping of keys")])

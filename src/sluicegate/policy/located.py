@@ -65,3 +65,42 @@ def read_text(path: Path, *, what: str = "") -> str:
         raise PolicyError([PolicyProblem(str(path), None, "", message)]) from None
     except UnicodeDecodeError:
         raise PolicyError([PolicyProblem(str(path), None, "", "not UTF-8 text")]) from None
+
+
+def compose(
+    text: str, source: str, dups: list[tuple[Loc, int]] | None = None
+) -> tuple[Any, dict[Loc, int]]:
+    """Plain data and ``{location: line}`` of YAML text (``None`` data when it is empty);
+    a syntax error is a ``PolicyError`` at the line where the parser gave up."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError([PolicyProblem(source, line, "", f"invalid YAML: {problem}")]) from None
+    lines: dict[Loc, int] = {}
+    if root is None:
+        return None, lines
+    return walk(root, (), lines, dups), lines
+
+
+_ABSENT: Any = object()
+
+
+def value_at(data: Any, loc: Loc, default: Any = None) -> Any:
+    """The value at ``loc`` in plain data, ``default`` where the path does not exist."""
+    cur = data
+    for part in loc:
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            cur = cur[part]
+        else:
+            return default
+    return cur
+
+
+def exists(data: Any, loc: Loc) -> bool:
+    """Whether ``loc`` names a value in ``data`` (even a ``None`` one)."""
+    return value_at(data, loc, _ABSENT) is not _ABSENT
