@@ -46,6 +46,7 @@ from sluicegate.stores.redis_scripts import (
     decode_apply,
     decode_settle,
     record_key,
+    socket_timeouts,
 )
 
 _pack: Callable[[tuple[Any, ...]], bytes] | None
@@ -355,11 +356,12 @@ class RedisStore:
         The socket timeouts only free connections stuck on a dead peer; ``timeout`` is what
         bounds each call. Pass ``connect_timeout`` to allow slower connection setup.
         """
+        sock_timeout, sock_connect = socket_timeouts(timeout, connect_timeout)
         try:
             client = aredis.Redis.from_url(
                 url,
-                socket_timeout=max(1.0, timeout * 20),
-                socket_connect_timeout=connect_timeout or max(0.5, timeout * 10),
+                socket_timeout=sock_timeout,
+                socket_connect_timeout=sock_connect,
                 retry=Retry(NoBackoff(), 0),
                 max_connections=max_connections,
             )

@@ -67,6 +67,7 @@ from sluicegate.stores.redis_scripts import (
     encode_entries,
     merge_results,
     record_key,
+    socket_timeouts,
 )
 
 __all__ = ["RedisClusterStore", "parse_cluster_url"]
@@ -178,10 +179,11 @@ class RedisClusterStore:
         **options: Any,
     ) -> RedisClusterStore:
         nodes, client_options = parse_cluster_url(url)
+        sock_timeout, sock_connect = socket_timeouts(timeout, connect_timeout)
         client = RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in nodes],
-            socket_timeout=max(1.0, timeout * 20),
-            socket_connect_timeout=connect_timeout or max(0.5, timeout * 10),
+            socket_timeout=sock_timeout,
+            socket_connect_timeout=sock_connect,
             # Retries re-route after MOVED / failover; the store's own timeout bounds them.
             retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 3),
             max_connections=max_connections,

@@ -373,3 +373,10 @@ def convert_error(exc: BaseException, where: str) -> StoreError:
     if isinstance(exc, rexc.RedisError | rexc.RedisClusterException):
         return StoreProtocolError(f"redis at {where}: {_reason(exc)}")
     return StoreProtocolError(f"redis at {where}: unexpected {type(exc).__name__}: {exc}"[:300])
+
+
+def socket_timeouts(timeout: float, connect_timeout: float | None) -> tuple[float, float]:
+    """redis-py ``(socket_timeout, socket_connect_timeout)`` for a store whose calls are bounded
+    by ``timeout``: generous, because they only free connections stuck on a dead peer; the
+    store's own per-call timer is what bounds a decision."""
+    return max(1.0, timeout * 20), connect_timeout or max(0.5, timeout * 10)
