@@ -93,17 +93,6 @@ class DescriptorKeys:
     default_agent: str = "anonymous"
 
 
-class WeightedEngine:
-    """Decides with a request weight (Envoy's ``hits_addend``) via ``RequestContext.hits``."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    async def decide(self, ctx: RequestContext, hits: float) -> Decision:
-        ctx.hits = hits
-        return await self.engine.decide(ctx)
-
-
 def _number(value: str) -> float | None:
     try:
         n = float(value)
@@ -210,7 +199,6 @@ class RateLimitServicer:
         if engine is None and not envoy:
             raise ValueError("RateLimitServicer needs an engine, an envoy config, or both")
         self.engine = engine
-        self._weighted = WeightedEngine(engine) if engine is not None else None
         self.envoy: Mapping[str, EnvoyDomain] = dict(envoy or {})
         base_store = store if store is not None else (engine.store if engine else None)
         if base_store is None:
@@ -229,9 +217,9 @@ class RateLimitServicer:
             domain = self.envoy.get(request.domain)
             if domain is not None:
                 return await self._envoy(request, domain)
-            if self._weighted is None:
+            if self.engine is None:
                 return rls_pb2.RateLimitResponse(overall_code=_OK)
-            return await self._policy(request, self._weighted)
+            return await self._policy(request, self.engine)
         except (StoreError, _Unavailable) as exc:
             self.metrics.counts["store_unavailable"] += 1
             log.warning("rls: store unavailable: %s", exc)
@@ -263,7 +251,7 @@ class RateLimitServicer:
                 self._concurrency[id(rules)] = cached
         return cached[1]
 
-    async def _policy(self, request: Any, engine: WeightedEngine) -> Any:
+    async def _policy(self, request: Any, engine: Engine) -> Any:
         request_hits = float(request.hits_addend or 1)
         resp = rls_pb2.RateLimitResponse(overall_code=_OK)
         add_status = resp.statuses.add
@@ -276,7 +264,8 @@ class RateLimitServicer:
                 add_status(code=_OK)
                 continue
             ctx, weight = mapped
-            decision = await engine.decide(ctx, weight)
+            ctx.hits = weight  # Envoy's hits_addend weighs requests and cost units
+            decision = await engine.decide(ctx)
             if store_unavailable(decision):
                 raise _Unavailable(decision.warning or "fail closed")
             self.metrics.record(decision, where="rls")
