@@ -24,7 +24,7 @@ pools:
   openai:
     requests: 1200/min
     burst: 200
-    breaker: {share: 0.5, window: 30s, floor: 60/min, cooldown: 60s, min_volume: 20}
+    breaker: {share: 0.5, window: 30s, floor: 60/min, cooldown: 60s, min_volume: 20, pressure: 0}
 """
 )
 

@@ -20,7 +20,7 @@ pools:
   openai:
     requests: 1200/min
     burst: 200
-    breaker: {share: 0.5, window: 30s, floor: 60/min, cooldown: 60s, min_volume: 20}
+    breaker: {share: 0.5, window: 30s, floor: 60/min, cooldown: 60s, min_volume: 20, pressure: 0}
 """
 )
 
@@ -74,3 +74,36 @@ async def test_no_trip_below_min_volume_or_share(store: Store) -> None:
         await engine.decide(call("even-a"))
         await engine.decide(call("even-b"))
     assert [a["tenant"] for a in alerts] == ["solo"] or alerts == []
+
+
+PRESSURE_POLICY = policy_from_text(
+    """
+version: 1
+default_tier: t
+tiers:
+  t:
+    tenant: {requests: 1200/min, burst: 100}
+pools:
+  openai:
+    requests: 1200/min
+    burst: 200
+    breaker: {share: 0.5, window: 30s, floor: 60/min, cooldown: 60s, min_volume: 20}
+"""
+)
+
+
+async def test_a_lone_tenant_on_an_uncontended_pool_is_not_tripped(store: Store) -> None:
+    """Default ``pressure: 0.5``: the breaker acts only once the pool's calls over the window
+    reach half of what its request limit allows (300 in 30 s here)."""
+    assert PRESSURE_POLICY.breakers["openai"].min_volume == 300
+    alerts: list[dict[str, Any]] = []
+    clock = VirtualClock(1000.0)
+    engine = Engine(PRESSURE_POLICY, store, clock, on_alert=alerts.append)
+    for _ in range(300):  # 60 s alone at 5/s: 100 % of the pool's calls, a quarter of its rate
+        clock.advance(0.2)
+        assert (await engine.decide(call("solo"))).allowed
+    assert alerts == []
+    for _ in range(600):  # 40 s at 15/s: the pool is now under pressure
+        clock.advance(1 / 15)
+        await engine.decide(call("solo"))
+    assert [a["tenant"] for a in alerts] == ["solo"]

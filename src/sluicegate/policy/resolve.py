@@ -25,12 +25,12 @@ from sluicegate.policy.schema import (
     BUILTIN_CLASSES,
     PLANES,
     AxisLimit,
-    BreakerSpec,
     ClassSpec,
     CostRule,
     PlaneLimits,
     PlaneSet,
     PolicySpec,
+    PoolSpec,
 )
 from sluicegate.policy.units import Rate
 from sluicegate.stores.base import Algorithm, Limit
@@ -299,16 +299,22 @@ class PoolBreaker:
     trip: Rule
 
 
-def _breaker(name: str, spec: BreakerSpec | None) -> PoolBreaker | None:
+def _breaker(name: str, pool: PoolSpec) -> PoolBreaker | None:
+    spec = pool.breaker
     if spec is None:
         return None
+    min_volume = spec.min_volume
+    pool_requests = pool.requests.rate if pool.requests is not None else None
+    if pool_requests is not None and spec.pressure > 0:
+        allowed = pool_requests.count * spec.window / pool_requests.period
+        min_volume = max(min_volume, math.ceil(spec.pressure * allowed))
     floor = spec.floor
     floor_limit = Limit(Algorithm.GCRA, floor.period / floor.count, max(1.0, floor.count))
     counter = Limit(Algorithm.SLIDING_WINDOW, spec.window, SHARE_COUNTER_LIMIT)
     return PoolBreaker(
         pool=name,
         share=spec.share,
-        min_volume=spec.min_volume,
+        min_volume=min_volume,
         cooldown=spec.cooldown,
         floor_rule=Rule(Plane.TENANT, Axis.REQUESTS, floor_limit, floor, f"breaker-{name}"),
         tenant_counter=Rule(Plane.TENANT, Axis.SHARE, counter, None, f"share-{name}"),
@@ -431,6 +437,6 @@ def resolve(spec: PolicySpec, source: str = "<policy>") -> Policy:
         max_defer=spec.classes.max_defer,
         init=_init_tier(spec),
         breakers=MappingProxyType(
-            {n: b for n, p in spec.pools.items() if (b := _breaker(n, p.breaker)) is not None}
+            {n: b for n, p in spec.pools.items() if (b := _breaker(n, p)) is not None}
         ),
     )

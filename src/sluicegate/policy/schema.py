@@ -142,13 +142,19 @@ class BreakerSpec(StrictModel):
     """The tenant isolation breaker of a shared pool: when one tenant's share of the pool's
     admitted calls over ``window`` exceeds ``share`` (and the pool saw at least ``min_volume``
     calls), that tenant is held to ``floor`` for ``cooldown``; then the breaker closes again
-    (half-open: it re-trips at once if the tenant still takes too much)."""
+    (half-open: it re-trips at once if the tenant still takes too much).
+
+    ``pressure`` keeps the breaker quiet on an uncontended pool: it acts only once the pool's
+    calls over ``window`` reach that fraction of what the pool's request limit allows in the
+    window (a lone tenant taking 100 % of an idle pool starves no one). ``0`` disables the
+    condition; a pool without a request limit uses ``min_volume`` alone."""
 
     share: Annotated[float, Field(gt=0, le=1)] = 0.3
     window: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 60.0
     floor: RateField = Rate(10, 60)
     cooldown: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 120.0
     min_volume: Annotated[int, Field(ge=1)] = 20
+    pressure: Annotated[float, Field(ge=0, le=1)] = 0.5
 
 
 class PoolSpec(PlaneLimits):
