@@ -62,7 +62,7 @@ pools:
   openai:
     requests: 6000/min
     burst: 1000
-    breaker: {{share: 0.6, window: 10s,floor: 60/min, cooldown: 30s, min_volume: 9, pressure: 0.1}}
+    breaker: {{share: 0.6, window: 10s, floor: 60/min, cooldown: 30s, pressure: 0.1}}
 """
     async with mock_server() as mock:
         policy = write_policy(tmp_path / "p.yaml", mock.mock_url or "", limits=limits)
