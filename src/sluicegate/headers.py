@@ -9,6 +9,8 @@
   *tightest* bucket of each axis (fewest units left), reset in OpenAI's ``6m0s`` style.
 * ``Retry-After`` (integer seconds, at least 1) and ``retry-after-ms`` when refused; the
   official OpenAI SDK prefers the latter and honours both.
+* ``x-ratelimit-burst`` for limits with an adaptive burst: the burst this call was checked
+  against, e.g. ``"agent-requests";b=32`` (a structured list like ``RateLimit``).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ _UNIT = {
     Axis.CONCURRENCY: ';qu="concurrent-requests"',
     Axis.RETRIES: "",
     Axis.SHARE: "",
+    Axis.DEMAND: "",
 }
 #: Buckets kept after the rate limits in a plan: rendered by their own headers, if at all.
-_NOT_LIMITS = (Axis.RETRIES, Axis.SHARE)
+_NOT_LIMITS = (Axis.RETRIES, Axis.SHARE, Axis.DEMAND)
 
 
 def go_duration(seconds: float) -> str:
@@ -142,6 +145,9 @@ def render_headers(decision: Decision) -> list[tuple[str, str]]:
             headers.append((f"x-ratelimit-reset-{suffix}", go_duration(reset[idx[best]])))
         if plan.budget_index is not None:
             headers.append(("x-ratelimit-retry-budget", str(remaining[plan.budget_index])))
+        if decision.bursts:
+            items = ", ".join(f'"{name}";b={math.floor(b)}' for name, b in decision.bursts)
+            headers.append(("x-ratelimit-burst", items))
     if decision.init_tier:
         headers.append(("x-agent-init-tier", "active"))
     if decision.reason == "retry_budget_exhausted" and not decision.allowed:

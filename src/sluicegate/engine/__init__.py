@@ -1,6 +1,6 @@
 """The decision engine (no web framework imported here)."""
 
-from sluicegate.engine.core import Engine, bucket_prefix, safe_id
+from sluicegate.engine.core import Engine, ScaleEvent, bucket_prefix, safe_id
 from sluicegate.engine.decision import BucketReport, Decision, Outcome, Reason, RequestContext
 from sluicegate.engine.factory import open_engine
 from sluicegate.engine.identity import (
@@ -23,6 +23,7 @@ __all__ = [
     "Outcome",
     "Reason",
     "RequestContext",
+    "ScaleEvent",
     "bucket_prefix",
     "open_engine",
     "safe_id",

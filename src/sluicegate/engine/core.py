@@ -27,7 +27,15 @@ from sluicegate.engine.decision import Decision, Outcome, Reason, RequestContext
 from sluicegate.engine.init_tokens import verify_token
 from sluicegate.errors import StoreError
 from sluicegate.headers import header_plan
-from sluicegate.policy.resolve import SHARE_COUNTER_LIMIT, Axis, Plane, Policy, PoolBreaker, Rule
+from sluicegate.policy.resolve import (
+    SHARE_COUNTER_LIMIT,
+    AdaptiveBurst,
+    Axis,
+    Plane,
+    Policy,
+    PoolBreaker,
+    Rule,
+)
 from sluicegate.stores.base import (
     Algorithm,
     Batch,
@@ -48,6 +56,16 @@ def _log_alert(event: dict[str, Any]) -> None:
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._\-]{1,128}")
 _PLAN_CACHE_MAX = 100_000
+#: How long a replica trusts what it last read of an agent's scale event: an init-tier call
+#: reads the store at most this often per agent, so a new event reaches every replica within
+#: this time and an instance's init calls cost no extra round trip.
+SCALE_EVENT_CACHE_TTL = 1.0
+#: Bounds of a scale event (``Engine.add_scale_event``).
+MAX_SCALE_INSTANCES = 10_000
+MAX_SCALE_WINDOW = 3600.0
+#: Demand counters this replica remembers for adaptive bursts (oldest forgotten first; a
+#: forgotten caller starts again from ``min`` for one call).
+_DEMAND_CACHE_MAX = 100_000
 
 
 def safe_id(value: str) -> str:
@@ -105,6 +123,8 @@ class _Plan:
     breaker_idx: tuple[int, int, int] | None = None
     breaker: PoolBreaker | None = None
     shadow: _Plan | None = None
+    #: Adaptive-burst limits: (index of the limit, index of its demand counter, its settings).
+    adaptive: tuple[tuple[int, int, AdaptiveBurst], ...] = ()
 
 
 _EMPTY_RESULT = BatchResult(True, 0.0, (), (), ())
@@ -154,6 +174,46 @@ def bucket_prefix(tenant: str) -> str:
     return f"sg:{{{safe_id(tenant)}}}:"
 
 
+#: Scale events are shared values ``sg:scale:{tenant}:agent`` (one prefix lists them all; the
+#: hash tag keeps each in its tenant's cluster slot).
+SCALE_PREFIX = "sg:scale:"
+
+
+def _scale_key(tenant: str, agent: str) -> str:
+    return f"{SCALE_PREFIX}{{{safe_id(tenant)}}}:{safe_id(agent)}"
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleEvent:
+    """An announced fleet start: ``instances`` new instances of ``agent`` during the next
+    ``window`` seconds. While it lasts, the init tier's aggregate budget of that agent holds
+    at least ``instances`` times the per-instance init limits (rate and burst), so the whole
+    fleet's initialization gets through at once; afterwards the aggregate is the policy's again.
+    Times are wall-clock seconds, because every replica must agree on them."""
+
+    tenant: str
+    agent: str
+    instances: int
+    window: float
+    created: float
+    until: float
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ScaleEvent | None:
+        """The event in ``text``, or None when it is not one (never raises on bad data)."""
+        try:
+            doc = json.loads(text)
+            return cls(
+                str(doc["tenant"]), str(doc["agent"]), int(doc["instances"]),
+                float(doc["window"]), float(doc["created"]), float(doc["until"]),
+            )  # fmt: skip
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
 class Engine:
     """Decides allow / wait / refuse for one agent call across every limit that applies.
 
@@ -175,9 +235,13 @@ class Engine:
         self.clock: Clock = clock or MonotonicClock()
         #: Wall-clock seconds, only for init tokens' issue and expiry times.
         self.wall_clock = wall_clock
-        self._plans: dict[tuple[str, str, str | None, bool, bool, bool], _Plan | None] = {}
+        self._plans: dict[tuple[str, str, str | None, bool, bool, bool, int], _Plan | None] = {}
         #: Tenant breakers this replica has seen open: (tenant, pool) -> open until (clock).
         self._held: dict[tuple[str, str], float] = {}
+        #: Adaptive bursts: demand counter key -> units admitted in its window, as last seen.
+        self._demand: dict[str, float] = {}
+        #: Scale events as last read: (tenant, agent) -> (read at, event or None).
+        self._scale: dict[tuple[str, str], tuple[float, ScaleEvent | None]] = {}
         self.on_alert: Callable[[dict[str, Any]], None] = on_alert or _log_alert
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(5).hex()
@@ -211,6 +275,7 @@ class Engine:
         has_session: bool,
         init: bool,
         held: bool,
+        scale: int = 0,
     ) -> _Plan | None:
         policy = self._policy
         rules = policy.rules_for(tenant, class_name)
@@ -219,9 +284,12 @@ class Engine:
         if init and policy.init is not None:
             # Cold-start tier: tenant limits still hold; the instance's init limits (keyed like a
             # session: agent then instance) and the agent's aggregate init limits replace the
-            # agent and session planes.
+            # agent and session planes. A scale event of ``scale`` instances raises the aggregate.
             tenant_rules = tuple(r for r in rules if r.plane is Plane.TENANT)
-            rules = tenant_rules + policy.init.aggregate_rules + policy.init.instance_rules
+            aggregate = policy.init.aggregate_rules
+            if scale:
+                aggregate = policy.init.prewarmed(scale)
+            rules = tenant_rules + aggregate + policy.init.instance_rules
         elif not has_session:
             rules = tuple(r for r in rules if r.plane is not Plane.SESSION)
         breaker = policy.breakers.get(pool) if pool is not None else None
@@ -233,7 +301,10 @@ class Engine:
         shadow = None
         if shadow_rules:
             rules = tuple(r for r in rules if not r.shadow)
+            shadow_rules += tuple(r.demand_rule() for r in shadow_rules if r.adaptive)
             shadow = self._build_plan(tenant, class_name, shadow_rules, None)
+        # Adaptive bursts' demand counters: after the limits (not limits themselves).
+        rules += tuple(r.demand_rule() for r in rules if r.adaptive is not None)
         if policy.retry_budget is not None:
             # After the rate limits: the header plan renders it as its own header.
             rules = rules + (policy.retry_budget.rule,)
@@ -255,8 +326,9 @@ class Engine:
         for r in rules:
             scope = f"@{r.scope}" if r.scope else ""
             kind = _PLANE_KIND[r.plane]
+            axis = r.key_axis
             if kind == _TENANT:
-                prefixes.append(f"{head}t{scope}:{r.axis.value}")
+                prefixes.append(f"{head}t{scope}:{axis}")
             elif kind == _TRACE:
                 prefixes.append(f"{head}x:")
             elif kind == _AGENT:
@@ -264,15 +336,24 @@ class Engine:
             elif kind == _SESSION:
                 prefixes.append(f"{head}s:")
             else:
-                prefixes.append(f"sg:{{pool:{safe_id(r.pool or '')}}}:{r.axis.value}")
-            suffixes.append(f"{scope}:{r.axis.value}")
+                prefixes.append(f"sg:{{pool:{safe_id(r.pool or '')}}}:{axis}")
+            suffixes.append(f"{scope}:{axis}")
         # The breaker's trip bucket is only checked (cost 0) on every call; it is consumed by
         # a separate call when the breaker opens.
+        # A demand counter costs what its adaptive limit costs.
         cost_kinds = tuple(
             _ZERO if r.axis is Axis.SHARE and r.limit.algorithm is Algorithm.GCRA
+            else _COST_KIND[r.adaptive.axis] if r.axis is Axis.DEMAND and r.adaptive
             else _COST_KIND[r.axis]
             for r in rules
         )  # fmt: skip
+        limit_idx = [i for i, r in enumerate(rules) if r.adaptive and r.axis is not Axis.DEMAND]
+        counter_idx = [i for i, r in enumerate(rules) if r.axis is Axis.DEMAND]
+        adaptive = tuple(
+            (i, j, a)
+            for i, j in zip(limit_idx, counter_idx, strict=True)
+            if (a := rules[i].adaptive) is not None
+        )
         return _Plan(
             rules=rules,
             limits=tuple(r.limit for r in rules),
@@ -292,6 +373,7 @@ class Engine:
             id_prefix=f"{{{safe_id(tenant)}}}{self._id_prefix}-",
             trace_prefix=f"{head}x:",
             shadow=shadow,
+            adaptive=adaptive,
         )
 
     def _new_id(self) -> str:
@@ -343,7 +425,11 @@ class Engine:
         if ctx.pool is not None and self._held:
             until = self._held.get((ctx.tenant, ctx.pool))
             held = until is not None and until > self.clock.now()
-        plan_key = (ctx.tenant, class_name, ctx.pool, session is not None, init, held)
+        scale = 0
+        if init:
+            event = await self._scale_event(ctx.tenant, ctx.agent)
+            scale = event.instances if event is not None else 0
+        plan_key = (ctx.tenant, class_name, ctx.pool, session is not None, init, held, scale)
         plans = self._plans
         plan = plans.get(plan_key)
         if plan is None:
@@ -380,6 +466,9 @@ class Engine:
             costs.append(1.0)
             limits = limits + (budget.trace_rule.limit,)
             rules = rules + (budget.trace_rule,)
+        bursts: tuple[tuple[str, float], ...] = ()
+        if plan.adaptive:
+            limits, bursts = self._adaptive_limits(plan, keys, limits)
         max_wait = plan.max_wait if ctx.max_wait is None else min(plan.max_wait, ctx.max_wait)
         decision_id = f"{plan.id_prefix}{next(self._ids):x}"
         reservation = None
@@ -394,6 +483,8 @@ class Engine:
                 )
             else:
                 result = _EMPTY_RESULT
+            if plan.adaptive:
+                self._learn_demand(plan, keys, costs, result)
             if result.allowed:
                 decision = Decision(
                     decision_id, Outcome.WAIT if result.delay > 0 else Outcome.ALLOW, Reason.OK,
@@ -401,6 +492,7 @@ class Engine:
                     tokens if reservation is not None else 0.0, warning, plan.headers,
                 )  # fmt: skip
                 decision.init_tier = init
+                decision.bursts = bursts
                 if plan.breaker is not None:
                     await self._watch_breaker(ctx.tenant, plan, keys, result)
                 if plan.shadow is not None:
@@ -426,6 +518,7 @@ class Engine:
             rules, keys, costs, result, 0.0, warning, plan.headers,
         )  # fmt: skip
         decision.init_tier = init
+        decision.bursts = bursts
         if plan.breaker is not None:
             self._note_breaker(ctx.tenant, plan, result)
         if reason is Reason.RATE_LIMITED and budget is not None and retry > 0:
@@ -445,6 +538,112 @@ class Engine:
             decision.shadow_refused = True
             decision.shadow_buckets = tuple(b.name for b in decision.refusing)
         return decision
+
+    async def add_scale_event(
+        self, tenant: str, agent: str, instances: int, window: float | None = None
+    ) -> ScaleEvent:
+        """Announce that ``instances`` instances of ``agent`` start within ``window`` seconds
+        (default: the init tier's window): pre-warm the agent's aggregate init budget for them
+        until the window ends, in the store (so every replica applies it), and alert. A new
+        event for the same agent replaces the previous one. ``ValueError`` says what is wrong
+        with a request; ``StoreError`` that the store could not record it."""
+        tier = self._policy.init
+        if tier is None:
+            raise ValueError("the policy has no init tier: a scale event pre-warms its budget")
+        if not tier.aggregate_rules:
+            raise ValueError("the init tier has no aggregate limits: there is nothing to pre-warm")
+        if self._policy.rules_for(tenant, self._policy.default_class) is None:
+            raise ValueError(f"unknown tenant {tenant[:64]!r}")
+        if not agent or len(agent) > 256:
+            raise ValueError("agent must be a non-empty string of at most 256 characters")
+        if not 1 <= instances <= MAX_SCALE_INSTANCES:
+            raise ValueError(f"instances must be between 1 and {MAX_SCALE_INSTANCES}")
+        window = tier.window if window is None else float(window)
+        if not 1.0 <= window <= MAX_SCALE_WINDOW:  # also False for NaN
+            raise ValueError(f"window must be between 1 s and {MAX_SCALE_WINDOW:g} s")
+        now = self.wall_clock()
+        event = ScaleEvent(tenant, agent, instances, float(window), now, now + window)
+        await self.store.put_value(_scale_key(tenant, agent), event.to_json(), window, now)
+        self._scale[(tenant, agent)] = (self.clock.now(), event)
+        self.on_alert(
+            {
+                "event": "scale_event",
+                "tenant": tenant,
+                "agent": agent,
+                "instances": instances,
+                "window": window,
+                "action": f"init aggregate pre-warmed for {instances} instances for {window:g}s",
+            }
+        )
+        return event
+
+    async def scale_events(self) -> list[ScaleEvent]:
+        """The scale events still active, across every tenant (reads the store)."""
+        now = self.wall_clock()
+        values = await self.store.list_values(SCALE_PREFIX, now)
+        events = [e for v in values.values() if (e := ScaleEvent.from_json(v)) is not None]
+        return sorted((e for e in events if e.until > now), key=lambda e: (e.tenant, e.agent))
+
+    async def _scale_event(self, tenant: str, agent: str) -> ScaleEvent | None:
+        """The agent's active scale event, read from the store at most once per
+        ``SCALE_EVENT_CACHE_TTL``; a store that cannot answer means no event (the init tier's
+        own limits still hold)."""
+        key = (tenant, agent)
+        now = self.clock.now()
+        cached = self._scale.get(key)
+        if cached is None or now - cached[0] >= SCALE_EVENT_CACHE_TTL:
+            event = None
+            try:
+                text = await self.store.get_value(_scale_key(tenant, agent), self.wall_clock())
+            except StoreError:
+                text = None
+            if text is not None:
+                event = ScaleEvent.from_json(text)
+            if len(self._scale) >= _DEMAND_CACHE_MAX:
+                self._scale.clear()
+            cached = self._scale[key] = (now, event)
+        event = cached[1]
+        if event is None or event.until <= self.wall_clock():
+            return None
+        return event
+
+    def open_breakers(self) -> dict[tuple[str, str], float]:
+        """``(tenant, pool) -> seconds until it closes`` for the tenant breakers this replica
+        knows to be open (it learns of a trip on another replica from its next call)."""
+        now = self.clock.now()
+        return {key: until - now for key, until in self._held.items() if until > now}
+
+    def _adaptive_limits(
+        self, plan: _Plan, keys: list[str], limits: tuple[Limit, ...]
+    ) -> tuple[tuple[Limit, ...], tuple[tuple[str, float], ...]]:
+        """The limits of this call with each adaptive burst sized from its caller's demand as
+        this replica last saw it (the counter lives in the store, so every replica converges on
+        it; the burst lags the demand by one call). GCRA keeps no capacity in its state, so a
+        burst may change from call to call without touching the bucket."""
+        out = list(limits)
+        bursts = []
+        demand = self._demand
+        for i, j, adaptive in plan.adaptive:
+            burst = adaptive.capacity(demand.get(keys[j], 0.0))
+            limit = out[i]
+            out[i] = Limit(limit.algorithm, limit.period, burst)
+            bursts.append((plan.rules[i].name, burst))
+        return tuple(out), tuple(bursts)
+
+    def _learn_demand(
+        self, plan: _Plan, keys: list[str], costs: list[float], result: BatchResult
+    ) -> None:
+        """Remember each demand counter's value after this call (a refused call reports its
+        buckets as if it had consumed, though nothing was written: take its cost back off)."""
+        demand = self._demand
+        for _, j, _ in plan.adaptive:
+            count = SHARE_COUNTER_LIMIT - result.remaining[j]
+            if not result.allowed:
+                count -= costs[j]
+            key = keys[j]
+            if demand.pop(key, None) is None and len(demand) >= _DEMAND_CACHE_MAX:
+                del demand[next(iter(demand))]  # forget the least recently seen caller
+            demand[key] = max(0.0, count)
 
     def _note_breaker(self, tenant: str, plan: _Plan, result: BatchResult) -> bool:
         """Learn the tenant breaker's state from the zero-cost trip check; True when open."""
@@ -501,7 +700,12 @@ class Engine:
         """Apply the shadow limits of an admitted call: they consume like real limits (so they
         show what enforcing them would do) but a refusal only marks the decision."""
         keys, costs = _keys_and_costs(plan, agent, agent_session, tokens, units, 0.0, hits)
-        result = await self.store.apply(Batch(keys, plan.limits, costs), self.clock.now())
+        limits = plan.limits
+        if plan.adaptive:
+            limits, _ = self._adaptive_limits(plan, keys, limits)
+        result = await self.store.apply(Batch(keys, limits, costs), self.clock.now())
+        if plan.adaptive:
+            self._learn_demand(plan, keys, costs, result)
         if not result.allowed:
             decision.shadow_refused = True
             decision.shadow_buckets = tuple(

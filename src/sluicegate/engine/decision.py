@@ -116,6 +116,8 @@ class Decision:
     shadow_buckets: tuple[str, ...] = ()
     #: True when the call was decided on the cold-start (init) tier.
     init_tier: bool = False
+    #: ``(rule name, burst)`` of each adaptive-burst limit, as this call was checked.
+    bursts: tuple[tuple[str, float], ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -153,9 +155,11 @@ class Decision:
         ):
             return f"refused: {self.reason.value}" + (f" ({self.warning})" if self.warning else "")
         parts = []
+        bursts = dict(self.bursts)
         for b in self.refusing:
             limit = f"{b.rule.rate}" if b.rule.rate else f"{b.rule.capacity:g} in flight"
-            parts.append(f"{b.name} (limit {limit}, burst {b.rule.capacity:g}, cost {b.cost:g})")
+            burst = bursts.get(b.name, b.rule.capacity)
+            parts.append(f"{b.name} (limit {limit}, burst {burst:g}, cost {b.cost:g})")
         when = (
             "never at this cost"
             if self.retry_after is None or math.isinf(self.retry_after)

@@ -6,6 +6,11 @@
 * ``GET /metrics``: Prometheus text format.
 * ``POST /admin/reload``: re-read the policy file; an invalid policy is refused with 400 and its
   problems, and the old policy keeps serving.
+* ``POST /admin/scale-events`` ``{"tenant", "agent", "instances", "window"}``: announce a fleet
+  start; pre-warms the agent's init aggregate budget for that many instances until ``window``
+  (seconds, or a duration like ``"90s"``; default the init tier's window) is over, in the store
+  (every replica applies it), and alerts. 201 with the event; 400 with the problem otherwise.
+* ``GET /admin/scale-events``: the active ones.
 
 Everything but the probes needs ``Authorization: Bearer <token>``, compared in constant time
 (``hmac.compare_digest``). The token comes from the environment variable named by
@@ -20,9 +25,41 @@ import hmac
 import json
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError
+
+from sluicegate.engine import Engine, ScaleEvent
+from sluicegate.errors import StoreError
 from sluicegate.gateway.responses import Receive, Scope, Send, send_bytes, serve_lifespan
+from sluicegate.policy.units import parse_duration
+
+#: Admin request bodies are small JSON documents.
+MAX_ADMIN_BODY = 64 * 1024
+
+
+class ScaleEventRequest(BaseModel):
+    """``POST /admin/scale-events``: what the engine needs, strictly typed (a clear 400)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tenant: Annotated[str, Field(min_length=1, max_length=256)]
+    agent: Annotated[str, Field(min_length=1, max_length=256)]
+    instances: StrictInt
+    window: Annotated[float, BeforeValidator(parse_duration)] | None = None
+
+
+def _event_doc(event: ScaleEvent, now: float) -> dict[str, Any]:
+    return {
+        "tenant": event.tenant,
+        "agent": event.agent,
+        "instances": event.instances,
+        "window": event.window,
+        "created": event.created,
+        "until": event.until,
+        "expires_in": round(max(0.0, event.until - now), 3),
+    }
+
 
 Reloader = Callable[[], Awaitable[list[str]]]
 StatusFn = Callable[[], Awaitable[dict[str, Any]]]
@@ -39,12 +76,14 @@ class AdminApp:
         reload: Reloader,
         ready: ReadyFn,
         metrics: MetricsFn,
+        engine: Callable[[], Engine] | None = None,
     ) -> None:
         self._token_env = token_env
         self._status = status
         self._reload = reload
         self._ready = ready
         self._metrics = metrics
+        self._engine = engine
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -78,8 +117,44 @@ class AdminApp:
                 await _json(send, 400, {"reloaded": False, "problems": problems})
             else:
                 await _json(send, 200, {"reloaded": True})
+        elif path == "/admin/scale-events" and self._engine is not None:
+            await self._scale_events(method, receive, send, self._engine())
         else:
             await _json(send, 404, {"error": f"no admin endpoint {method} {path}"})
+
+    async def _scale_events(
+        self, method: str, receive: Receive, send: Send, engine: Engine
+    ) -> None:
+        try:
+            if method == "GET":
+                events = await engine.scale_events()
+                now = engine.wall_clock()
+                await _json(send, 200, {"scale_events": [_event_doc(e, now) for e in events]})
+            elif method == "POST":
+                body = await _read_body(receive)
+                if body is None:
+                    await _json(send, 413, {"error": f"body above {MAX_ADMIN_BODY} bytes"})
+                    return
+                try:
+                    req = ScaleEventRequest.model_validate_json(body)
+                    event = await engine.add_scale_event(
+                        req.tenant, req.agent, req.instances, req.window
+                    )
+                except ValidationError as exc:
+                    problems = [
+                        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                        for e in exc.errors(include_url=False)
+                    ]
+                    await _json(send, 400, {"error": "invalid scale event", "problems": problems})
+                    return
+                except ValueError as exc:
+                    await _json(send, 400, {"error": str(exc)})
+                    return
+                await _json(send, 201, {"scale_event": _event_doc(event, engine.wall_clock())})
+            else:
+                await _json(send, 405, {"error": f"{method} not allowed; use GET or POST"})
+        except StoreError as exc:
+            await _json(send, 503, {"error": f"store unavailable: {exc}"})
 
     def _check_token(self, scope: Scope) -> tuple[int, str] | None:
         name = self._token_env()
@@ -98,6 +173,21 @@ class AdminApp:
         if not hmac.compare_digest(token.strip(), expected.encode()):
             return 401, "invalid bearer token"
         return None
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The request body, or None when it is larger than ``MAX_ADMIN_BODY``."""
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        body += message.get("body", b"")
+        if len(body) > MAX_ADMIN_BODY:
+            return None
+        more = message.get("more_body", False)
+    return body
 
 
 async def _json(send: Send, status: int, doc: dict[str, Any]) -> None:

@@ -55,6 +55,18 @@ class Metrics:
             ("tenant", "pool"),
             registry=r,
         )
+        self.breaker_open = Gauge(
+            "sluicegate_tenant_breaker_open",
+            "1 while this replica holds the tenant to its floor on the pool, 0 once released.",
+            ("tenant", "pool"),
+            registry=r,
+        )
+        self.scale_events = Counter(
+            "sluicegate_scale_events_total",
+            "Scale events announced through this replica's admin API.",
+            ("tenant",),
+            registry=r,
+        )
         self.upstream_latency = Histogram(
             "sluicegate_upstream_latency_seconds",
             "Time from forwarding to the upstream's response head.",
@@ -102,6 +114,15 @@ class Metrics:
         )
         self._children: dict[tuple[Any, ...], Any] = {}
         self._tenants: frozenset[str] = frozenset()
+        self._breakers_seen: set[tuple[str, str]] = set()
+
+    def set_open_breakers(self, open_breakers: Mapping[tuple[str, str], float]) -> None:
+        """Refresh the breaker gauge from the engine's view (called before each scrape): open
+        breakers read 1; ones seen open before and now closed read 0, so a dashboard sees the
+        transition instead of a vanished series."""
+        self._breakers_seen.update(open_breakers)
+        for key in self._breakers_seen:
+            self.breaker_open.labels(*key).set(1.0 if key in open_breakers else 0.0)
 
     def set_policy(self, tenants: frozenset[str], sla: Mapping[str, float | None]) -> None:
         self._tenants = tenants

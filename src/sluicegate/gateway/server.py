@@ -176,6 +176,8 @@ class GatewayServer:
         if event.get("event") == "tenant_breaker_open":
             labels = (str(event.get("tenant")), str(event.get("pool")))
             self.metrics.breaker_trips.labels(*labels).inc()
+        elif event.get("event") == "scale_event":
+            self.metrics.scale_events.labels(str(event.get("tenant"))).inc()
         self.alerts.emit(event)
 
     async def start(self) -> None:
@@ -217,10 +219,15 @@ class GatewayServer:
                 status=self.status,
                 reload=self.reload,
                 ready=self.ready,
-                metrics=self.metrics.render,
+                metrics=self._render_metrics,
+                engine=lambda: self.engine,
             )
             address = self._admin_listen or config.settings.admin_listen
             self.admin_url = await self._start_server(admin, bind(address))
+
+    def _render_metrics(self) -> bytes:
+        self.metrics.set_open_breakers(self.engine.open_breakers())
+        return self.metrics.render()
 
     async def reload(self) -> list[str]:
         """Re-read the policy file and swap it in; the problems if it is invalid (old stays)."""

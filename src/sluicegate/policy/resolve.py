@@ -24,6 +24,7 @@ from sluicegate.policy.schema import (
     AXIS_BURST_KEYS,
     BUILTIN_CLASSES,
     PLANES,
+    AdaptiveBurstSpec,
     AxisLimit,
     ClassSpec,
     CostRule,
@@ -54,6 +55,41 @@ class Axis(StrEnum):
     CONCURRENCY = "concurrency"
     RETRIES = "retries"
     SHARE = "share"  # tenant-breaker bookkeeping: not a limit, never refuses
+    DEMAND = "demand"  # adaptive-burst bookkeeping: not a limit, never refuses
+
+
+#: Limit of the bookkeeping counters (breaker shares, adaptive-burst demand): large enough
+#: never to refuse, small enough that ``limit - remaining`` is exact in a double.
+SHARE_COUNTER_LIMIT = 1e12
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveBurst:
+    """The resolved ``adaptive_burst`` of one rule (see ``AdaptiveBurstSpec``).
+
+    The demand is kept in a companion sliding-window counter (axis ``demand``) that every
+    admitted call of the rule adds its cost to; ``capacity(count)`` turns the counter's value
+    into the burst for the next call."""
+
+    axis: Axis
+    window: float
+    factor: float
+    min: float
+    max: float
+
+    @property
+    def counter(self) -> Limit:
+        return Limit(Algorithm.SLIDING_WINDOW, self.window, SHARE_COUNTER_LIMIT)
+
+    def capacity(self, count: float) -> float:
+        """The burst for a caller that was admitted ``count`` units in the last window."""
+        return min(self.max, max(self.min, self.factor * count / self.window))
+
+    def scaled(self, factor: float) -> AdaptiveBurst:
+        return AdaptiveBurst(
+            self.axis, self.window, self.factor, max(1.0, self.min * factor),
+            max(1.0, self.max * factor),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +103,18 @@ class Rule:
     scope: str | None = None  # class name for class-scoped buckets
     pool: str | None = None
     shadow: bool = False  # decides and reports, never refuses
+    #: The burst follows demand (a GCRA rule), or, on a ``demand`` rule, whose demand it counts.
+    adaptive: AdaptiveBurst | None = None
     #: Stable name used in headers and reports, e.g. ``session-tokens``, ``agent-requests-batch``.
     name: str = field(init=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        if self.axis is Axis.DEMAND:  # "agent-requests-demand"
+            assert self.adaptive is not None
+            head = f"pool-{self.pool}" if self.pool else self.plane.value
+            name = f"{head}-{self.adaptive.axis.value}-demand"
+            object.__setattr__(self, "name", name + (f"-{self.scope}" if self.scope else ""))
+            return
         if self.axis is Axis.SHARE:  # "share-openai", "trip-openai", "pool-openai-share"
             object.__setattr__(self, "name", self.scope or f"pool-{self.pool}-share")
             return
@@ -86,6 +130,22 @@ class Rule:
     def capacity(self) -> float:
         return self.limit.capacity
 
+    @property
+    def key_axis(self) -> str:
+        """The axis part of this rule's bucket key (a demand counter's names its rule's axis)."""
+        if self.axis is Axis.DEMAND:
+            assert self.adaptive is not None
+            return f"{self.adaptive.axis.value}-demand"
+        return self.axis.value
+
+    def demand_rule(self) -> Rule:
+        """The companion counter of an adaptive rule, kept beside its bucket."""
+        assert self.adaptive is not None
+        return Rule(
+            self.plane, Axis.DEMAND, self.adaptive.counter, None, self.scope, self.pool,
+            self.shadow, self.adaptive,
+        )  # fmt: skip
+
     def scaled(self, factor: float, scope: str) -> Rule:
         """A class-scoped copy holding ``factor`` of this rule's rate and capacity."""
         if self.rate is None:
@@ -98,7 +158,8 @@ class Rule:
             limit = Limit(Algorithm.GCRA, rate.period / rate.count, capacity)
         else:
             limit = Limit(self.limit.algorithm, self.limit.period, max(1.0, rate.count))
-        return Rule(self.plane, self.axis, limit, rate, scope, self.pool, self.shadow)
+        adaptive = self.adaptive.scaled(factor) if self.adaptive is not None else None
+        return Rule(self.plane, self.axis, limit, rate, scope, self.pool, self.shadow, adaptive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,16 +188,23 @@ def _axis_rule(
     burst: float | None,
     default_algorithm: str | None,
     shadow: bool,
+    adaptive_spec: AdaptiveBurstSpec | None = None,
 ) -> Rule:
     algorithm = Algorithm(spec.algorithm or default_algorithm or Algorithm.GCRA)
     capacity = spec.burst if spec.burst is not None else burst
     rate = spec.rate
+    adaptive = None
+    if adaptive_spec is not None:
+        a = adaptive_spec
+        adaptive = AdaptiveBurst(axis, a.window, a.factor, a.min, a.max)
+        capacity = a.min  # the burst until the caller's demand is known
     if algorithm is Algorithm.GCRA:
         limit = Limit(algorithm, rate.period / rate.count, capacity if capacity else rate.count)
     else:
         # Window algorithms count ``rate.count`` per window of ``rate.period``; burst is moot.
         limit = Limit(algorithm, rate.period, rate.count)
-    return Rule(plane, axis, limit, rate, shadow=shadow if spec.shadow is None else spec.shadow)
+    shadow = shadow if spec.shadow is None else spec.shadow
+    return Rule(plane, axis, limit, rate, shadow=shadow, adaptive=adaptive)
 
 
 def plane_rules(plane: Plane, limits: PlaneLimits | None) -> list[Rule]:
@@ -150,7 +218,15 @@ def plane_rules(plane: Plane, limits: PlaneLimits | None) -> list[Rule]:
         if spec is not None:
             burst = getattr(limits, burst_key)
             rules.append(
-                _axis_rule(plane, Axis(axis_name), spec, burst, limits.algorithm, plane_shadow)
+                _axis_rule(
+                    plane,
+                    Axis(axis_name),
+                    spec,
+                    burst,
+                    limits.algorithm,
+                    plane_shadow,
+                    limits.adaptive_for(axis_name),
+                )  # fmt: skip
             )
     if limits.concurrency is not None:
         limit = Limit(Algorithm.CONCURRENCY, CONCURRENCY_LEASE, float(limits.concurrency))
@@ -250,6 +326,27 @@ class InitTier:
     aggregate_rules: tuple[Rule, ...]
     marker: Limit
 
+    def prewarmed(self, instances: int) -> tuple[Rule, ...]:
+        """The aggregate rules during a scale event of ``instances`` instances: on each axis the
+        instance limits also have, rate and burst become at least ``instances`` times the
+        instance's. Same buckets (same keys), so the pre-warm takes effect at once (GCRA keeps no
+        capacity in its state), and when the event ends the bucket simply continues under the
+        policy's own rate and burst: a call admitted just before the end is paid back at that
+        rate, so the fleet never gets more than the event granted plus the policy's aggregate."""
+        per_axis = {r.axis: r for r in self.instance_rules if r.rate is not None}
+        out = []
+        for rule in self.aggregate_rules:
+            one = per_axis.get(rule.axis)
+            if one is None or rule.rate is None or one.rate is None:
+                out.append(rule)
+                continue
+            per_second = max(rule.rate.per_second, instances * one.rate.per_second)
+            capacity = max(rule.capacity, instances * one.capacity)
+            rate = Rate(per_second * rule.rate.period, rule.rate.period)
+            limit = Limit(Algorithm.GCRA, 1.0 / per_second, capacity)
+            out.append(Rule(rule.plane, rule.axis, limit, rate, rule.scope, rule.pool, rule.shadow))
+        return tuple(out)
+
 
 def _init_tier(spec: PolicySpec) -> InitTier | None:
     init = spec.init
@@ -271,11 +368,6 @@ def _init_tier(spec: PolicySpec) -> InitTier | None:
         init.window, init.max_token_ttl, secrets, init.strict, tuple(scoped), tuple(aggregate),
         marker,
     )  # fmt: skip
-
-
-#: Limit of the breaker's share counters: large enough never to refuse, small enough that
-#: ``limit - remaining`` is exact in a double.
-SHARE_COUNTER_LIMIT = 1e12
 
 
 @dataclass(frozen=True, slots=True)

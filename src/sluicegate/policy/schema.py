@@ -40,13 +40,56 @@ def _axis_shorthand(value: Any) -> Any:
     return value
 
 
+class AdaptiveBurstSpec(StrictModel):
+    """A burst capacity that follows demand: ``factor`` x the sliding average demand (units
+    admitted per second over the last ``window``), clamped to ``[min, max]``.
+
+    ``factor`` is therefore in seconds: how many seconds of the caller's average demand the
+    bucket holds at once. A think-then-act agent averaging 5 calls/s in bursts of 30 needs a
+    factor of at least 6. Only admitted units count as demand, so a refused flood (or a retry
+    storm) cannot inflate the burst, and ``max`` bounds it whatever the caller does. Until
+    the demand is known (a new caller, a restarted replica) the burst is ``min``. The rate
+    itself never changes: a larger burst lets a bursty caller spend its rate sooner, not more.
+    """
+
+    window: Annotated[float, BeforeValidator(parse_duration), Field(ge=60, le=300)] = 120.0
+    factor: Annotated[float, Field(gt=0)] = 10.0
+    min: Count
+    max: Count
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptiveBurstSpec:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max:g}) is below min ({self.min:g})")
+        return self
+
+
 class AxisLimit(StrictModel):
-    """One limit on one axis: a rate, an optional burst (capacity), an optional algorithm."""
+    """One limit on one axis: a rate, an optional burst (capacity), an optional algorithm;
+    ``adaptive_burst`` replaces a fixed burst with one that follows demand (GCRA only)."""
 
     rate: RateField
     burst: Count | None = None
     algorithm: AxisAlgorithm | None = None
     shadow: bool | None = None
+    adaptive_burst: AdaptiveBurstSpec | None = None
+
+    @model_validator(mode="after")
+    def _adaptive(self) -> AxisLimit:
+        _check_adaptive(self.adaptive_burst, self.burst, self.algorithm, "burst")
+        return self
+
+
+def _check_adaptive(
+    adaptive: AdaptiveBurstSpec | None, burst: float | None, algorithm: str | None, key: str
+) -> None:
+    if adaptive is None:
+        return
+    if burst is not None:
+        raise ValueError(f"{key} and adaptive_burst exclude each other (adaptive_burst.min is "
+                         "the burst until demand is known)")  # fmt: skip
+    if algorithm not in (None, "gcra"):
+        raise ValueError(f"adaptive_burst needs the gcra algorithm, not {algorithm}")
 
 
 AxisField = Annotated[AxisLimit, BeforeValidator(_axis_shorthand)]
@@ -70,6 +113,36 @@ class PlaneLimits(StrictModel):
     concurrency: Annotated[int, Field(gt=0)] | None = None
     #: Shadow limits decide and report ("would refuse") but never refuse.
     shadow: bool | None = None
+    #: The requests axis' burst follows demand (``AdaptiveBurstSpec``); per axis, set
+    #: ``requests: {rate: ..., adaptive_burst: ...}`` (or on ``tokens`` / ``cost``).
+    adaptive_burst: AdaptiveBurstSpec | None = None
+
+    @model_validator(mode="after")
+    def _adaptive(self) -> PlaneLimits:
+        if self.adaptive_burst is not None:
+            if self.requests is None:
+                raise ValueError("adaptive_burst needs a requests limit on this plane")
+            if self.requests.adaptive_burst is not None:
+                raise ValueError("adaptive_burst is set both here and on requests")
+        for axis, burst_key in AXIS_BURST_KEYS:
+            limit: AxisLimit | None = getattr(self, axis)
+            if limit is None:
+                continue
+            adaptive = limit.adaptive_burst
+            if axis == "requests" and adaptive is None:
+                adaptive = self.adaptive_burst
+            burst = limit.burst if limit.burst is not None else getattr(self, burst_key)
+            _check_adaptive(adaptive, burst, limit.algorithm or self.algorithm, burst_key)
+        return self
+
+    def adaptive_for(self, axis: str) -> AdaptiveBurstSpec | None:
+        """The adaptive burst of ``axis`` (the plane-level one belongs to requests)."""
+        limit: AxisLimit | None = getattr(self, axis)
+        if limit is None:
+            return None
+        if limit.adaptive_burst is None and axis == "requests":
+            return self.adaptive_burst
+        return limit.adaptive_burst
 
 
 class PlaneSet(StrictModel):

@@ -6,10 +6,16 @@ so a refusal at the session plane leaves the tenant and agent buckets untouched.
 flat, serialisable :class:`Batch`, so a Redis store can ship it to one Lua script in one round
 trip; token reservations for later settlement travel in the same batch and are written in the
 same atomic step.
+
+Besides buckets, every store keeps a few *shared values*: plain strings under a key, each with a
+time to live (``put_value`` / ``get_value`` / ``list_values``). They hold control-plane state
+that every replica must agree on while it lasts (an admin's scale event, say), which is why they
+live in the store every replica shares and not in each process.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from enum import IntEnum, StrEnum
 from typing import NamedTuple, Protocol, runtime_checkable
@@ -153,6 +159,39 @@ class Store(Protocol):
         concurrency slots; idempotent per reservation id; refunds never overfill a bucket."""
         ...
 
+    # Shared values: control-plane state (e.g. scale events) that every replica must see until
+    # it expires. They live here, not in each process, because the store is the one thing all
+    # replicas share; a TTL on every value keeps the store's memory bounded without a cleaner.
+    # Keys follow the bucket key scheme (``sg:{acme}:scale:planner``: on Redis Cluster the hash
+    # tag keeps a tenant's values in its slot) but must not collide with bucket keys: on Redis
+    # both share one keyspace. Values are opaque strings (callers store JSON).
+
+    async def put_value(self, key: str, value: str, ttl: float, now: float) -> None:
+        """Set ``key`` to ``value``, expiring ``ttl`` seconds later (``ttl > 0``, finite; a
+        ``ValueError`` otherwise). Overwrites any earlier value and its expiry: last write wins.
+        ``now`` is the caller's clock; stores with a clock of their own (Redis) may ignore it."""
+        ...
+
+    async def get_value(self, key: str, now: float) -> str | None:
+        """The live value of ``key``, or ``None`` (never set, or expired): a point read, cheap
+        enough for the decision path."""
+        ...
+
+    async def list_values(self, prefix: str, now: float) -> dict[str, str]:
+        """Every live key starting with ``prefix`` (matched literally), with its value, in key
+        order. For admin listings: it may be slow (Redis scans the keyspace with ``SCAN``) and
+        is not a snapshot (a value written or expiring during the scan may or may not appear)."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections and background tasks."""
         ...
+
+
+def check_value(value: str, ttl: float) -> None:
+    """Validate ``put_value`` arguments the same way in every store: a ``str`` value (TypeError
+    otherwise) and a finite ``ttl > 0`` in seconds (ValueError otherwise)."""
+    if not isinstance(value, str):
+        raise TypeError(f"a store value must be a str, got {type(value).__name__}")
+    if not (ttl > 0 and math.isfinite(ttl)):
+        raise ValueError(f"a store value's ttl must be a finite number of seconds > 0, got {ttl!r}")

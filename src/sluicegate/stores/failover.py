@@ -24,14 +24,24 @@ costs at most one bounded timeout per backoff interval, not one per decision.
 
 Non-transient errors (:class:`~sluicegate.errors.StoreProtocolError`: the primary answered
 something unusable, e.g. a script error) are not outages: they propagate and are counted.
+
+Shared values (``put_value`` / ``get_value`` / ``list_values``) go to the primary and share its
+health: a failing value call degrades the store as a failing decision does, a value call after
+the backoff may be the probe, and while degraded they follow the mode. ``fail_closed`` raises
+:class:`~sluicegate.errors.StoreUnavailable` (``counters.value_refusals``); ``fail_open`` and
+``local`` read and write the in-process fallback store (``counters.local_values``). That store
+starts empty at each outage and is not read after recovery: during an outage a replica sees only
+the values it wrote itself, and those are not copied to the primary afterwards.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from sluicegate.clock import Clock, MonotonicClock
 from sluicegate.errors import ConfigurationError, StoreError, StoreUnavailable
@@ -43,10 +53,13 @@ from sluicegate.stores.base import (
     SettleResult,
     SettleStatus,
     Store,
+    check_value,
 )
 from sluicegate.stores.memory import MemoryStore
 
 __all__ = ["FailoverCounters", "FailoverStore", "FailureMode"]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("sluicegate.stores.failover")
 
@@ -76,6 +89,8 @@ class FailoverCounters:
     fail_open_admits: int = 0  #: decisions admitted without any check
     local_decisions: int = 0  #: decisions made on the local fallback store
     settles_dropped: int = 0  #: settlements that could not reach the primary
+    value_refusals: int = 0  #: value calls refused (fail_closed) because the store was unavailable
+    local_values: int = 0  #: value calls served by the local fallback store (fail_open, local)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -204,6 +219,28 @@ class FailoverStore:
                 return self._settle_unavailable(exc)
         return self._settle_unavailable(None)
 
+    async def put_value(self, key: str, value: str, ttl: float, now: float) -> None:
+        check_value(value, ttl)  # a bad argument is the caller's error, never an outage
+        await self._route_value(
+            f"put_value {key}",
+            lambda: self.primary.put_value(key, value, ttl, now),
+            lambda local: local.put_value_sync(key, value, ttl, now),
+        )
+
+    async def get_value(self, key: str, now: float) -> str | None:
+        return await self._route_value(
+            f"get_value {key}",
+            lambda: self.primary.get_value(key, now),
+            lambda local: local.get_value_sync(key, now),
+        )
+
+    async def list_values(self, prefix: str, now: float) -> dict[str, str]:
+        return await self._route_value(
+            f"list_values {prefix}",
+            lambda: self.primary.list_values(prefix, now),
+            lambda local: local.list_values_sync(prefix, now),
+        )
+
     async def aclose(self) -> None:
         try:
             await self.primary.aclose()
@@ -285,6 +322,49 @@ class FailoverStore:
                 self._local_ids = {k: v for k, v in self._local_ids.items() if v > now}
             self._local_ids[res.id] = now + res.ttl
         return result
+
+    async def _route_value(
+        self,
+        what: str,
+        primary: Callable[[], Awaitable[_T]],
+        local: Callable[[MemoryStore], _T],
+    ) -> _T:
+        """A value call on the primary with the same health bookkeeping as :meth:`apply`
+        (errors degrade, a call after the backoff probes, a successful probe recovers), else
+        the mode's answer. ``local`` takes the fallback store as an argument because an outage
+        that starts during the call replaces it."""
+        if self._state is StoreState.HEALTHY:
+            try:
+                return await primary()
+            except StoreError as exc:
+                self._on_error(exc)
+                return self._value_fallback(what, local, exc)
+        if self._probing or self._clock.now() < self._next_probe:
+            return self._value_fallback(what, local, None)
+        self._probing = True
+        self.counters.probes += 1
+        try:
+            result = await primary()
+        except StoreError as exc:
+            self._on_error(exc)
+            self.counters.probe_failures += 1
+            self._backoff = min(self._backoff * 2, self._max_backoff)
+            self._next_probe = self._clock.now() + self._backoff
+            return self._value_fallback(what, local, exc)
+        finally:
+            self._probing = False
+        self._transition(StoreState.HEALTHY, "probe succeeded")
+        return result
+
+    def _value_fallback(
+        self, what: str, local: Callable[[MemoryStore], _T], exc: StoreError | None
+    ) -> _T:
+        if self.mode is FailureMode.FAIL_CLOSED:
+            self.counters.value_refusals += 1
+            reason = str(exc) if exc is not None else self._last_error
+            raise StoreUnavailable(f"{self.name} unavailable, failing closed ({what}): {reason}")
+        self.counters.local_values += 1
+        return local(self._local)
 
     def _settle_unavailable(self, exc: StoreError | None) -> SettleResult:
         self.counters.settles_dropped += 1

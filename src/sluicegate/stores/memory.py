@@ -7,6 +7,10 @@ Memory stays bounded by the number of *active* buckets: a GCRA bucket whose ``ta
 full, so its key carries no information and is dropped; window and concurrency buckets likewise
 once their windows or leases lapse. Eviction is an incremental sweep (``sweep_batch`` keys per
 decision once ``sweep_interval`` has elapsed), so no single decision pays for a full scan.
+
+Shared values (``put_value`` and friends) are ``key -> (value, expires_at)`` on the caller's
+clock. An expired value is dropped when it is read or listed, and by the same incremental sweep
+(which ``put_value`` drives too, so a store that only holds values stays bounded as well).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from sluicegate.stores.base import (
     BucketOp,
     SettleResult,
     SettleStatus,
+    check_value,
 )
 
 _GCRA = Algorithm.GCRA
@@ -70,6 +75,8 @@ class MemoryStore:
         self._next_sweep = -math.inf
         self._sweep_iter: Iterator[tuple[str, Any]] | None = None
         self._records_iter: Iterator[tuple[str, _Record | float]] | None = None
+        self._values: dict[str, tuple[str, float]] = {}  # key -> (value, expires_at)
+        self._values_iter: Iterator[tuple[str, tuple[str, float]]] | None = None
 
     # -- introspection (tests, benchmarks, admin status) ------------------------------------
     def __len__(self) -> int:
@@ -78,6 +85,11 @@ class MemoryStore:
     @property
     def reservation_count(self) -> int:
         return len(self._records)
+
+    @property
+    def value_count(self) -> int:
+        """Shared values held, expired ones not yet swept included."""
+        return len(self._values)
 
     def peek(self, key: str) -> Any:
         """The raw stored state of ``key`` (``None`` when absent or evicted)."""
@@ -195,9 +207,51 @@ class MemoryStore:
                     del buckets[key]
         return SettleResult(SettleStatus.APPLIED, delta)
 
+    async def put_value(self, key: str, value: str, ttl: float, now: float) -> None:
+        self.put_value_sync(key, value, ttl, now)
+
+    def put_value_sync(self, key: str, value: str, ttl: float, now: float) -> None:
+        """Synchronous body of :meth:`put_value` (for callers without an event loop)."""
+        check_value(value, ttl)
+        if now >= self._next_sweep:
+            self._sweep(now)
+        self._values[key] = (value, now + ttl)
+
+    async def get_value(self, key: str, now: float) -> str | None:
+        return self.get_value_sync(key, now)
+
+    def get_value_sync(self, key: str, now: float) -> str | None:
+        """Synchronous body of :meth:`get_value`."""
+        item = self._values.get(key)
+        if item is None:
+            return None
+        if item[1] <= now:
+            del self._values[key]
+            return None
+        return item[0]
+
+    async def list_values(self, prefix: str, now: float) -> dict[str, str]:
+        return self.list_values_sync(prefix, now)
+
+    def list_values_sync(self, prefix: str, now: float) -> dict[str, str]:
+        """Synchronous body of :meth:`list_values` (a full pass over the values)."""
+        values = self._values
+        live: list[tuple[str, str]] = []
+        expired: list[str] = []
+        for key, (value, expires_at) in values.items():
+            if key.startswith(prefix):
+                if expires_at <= now:
+                    expired.append(key)
+                else:
+                    live.append((key, value))
+        for key in expired:
+            del values[key]
+        return dict(sorted(live))
+
     async def aclose(self) -> None:
         self._buckets.clear()
         self._records.clear()
+        self._values.clear()
 
     # -- internals ----------------------------------------------------------------------------
     def _adjust_window(self, key: str, window: float, delta: float, now: float) -> None:
@@ -213,7 +267,7 @@ class MemoryStore:
         self._buckets[key] = (index, stored[1], max(0.0, stored[2] + delta), window)
 
     def _sweep(self, now: float) -> None:
-        """Drop up to ``sweep_batch`` idle buckets and expired reservations.
+        """Drop up to ``sweep_batch`` idle buckets, expired reservations and expired values.
 
         Works through a snapshot of the items; a key is dropped only if it still holds the
         snapshotted value (an update in between made it live again)."""
@@ -237,9 +291,19 @@ class MemoryStore:
             budget -= 1
             if budget <= 0:
                 return
+        values = self._values
+        if self._values_iter is None:
+            self._values_iter = iter(list(values.items()))
+        for key, item in self._values_iter:
+            if item[1] <= now and values.get(key) is item:
+                del values[key]
+            budget -= 1
+            if budget <= 0:
+                return
         # A full pass is complete: rest until the next interval.
         self._sweep_iter = None
         self._records_iter = None
+        self._values_iter = None
         self._next_sweep = now + self._sweep_interval
 
 

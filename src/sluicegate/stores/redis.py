@@ -19,6 +19,11 @@ become :class:`~sluicegate.errors.StoreUnavailable` (transient) or
 :class:`~sluicegate.errors.StoreProtocolError`; :class:`~sluicegate.stores.failover.FailoverStore`
 turns them into the configured failure mode. A call that timed out may still have been applied
 by Redis (consumption without admission: the safe direction).
+
+**Shared values** (``put_value`` / ``get_value`` / ``list_values``) are plain ``SET key value PX
+ms`` / ``GET`` / ``SCAN MATCH`` + ``MGET`` commands outside the micro-batcher (they are rare),
+each round trip bounded by the same ``timeout``. They expire on Redis' clock, so the caller's
+``now`` is ignored, even with ``use_caller_clock`` (and ``ttl_slack`` does not apply to them).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import redis.asyncio as aredis
@@ -35,18 +41,23 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from sluicegate.errors import ConfigurationError, StoreProtocolError, StoreUnavailable
-from sluicegate.stores.base import Batch, BatchResult, SettleResult
+from sluicegate.stores.base import Batch, BatchResult, SettleResult, check_value
 from sluicegate.stores.redis_scripts import (
     APPLY,
+    SCAN_COUNT,
     SCRIPTS,
     SETTLE,
     Codec,
     LuaScript,
+    command_error,
     convert_error,
     decode_apply,
     decode_settle,
+    decode_text,
+    glob_escape,
     record_key,
     socket_timeouts,
+    ttl_ms,
 )
 
 _pack: Callable[[tuple[Any, ...]], bytes] | None
@@ -298,6 +309,9 @@ class RedisStore:
                          free connection within their timeout
     """
 
+    #: Keys per ``SCAN`` round trip (and per ``MGET``) in :meth:`list_values`.
+    scan_count: int = SCAN_COUNT
+
     def __init__(
         self,
         client: aredis.Redis,
@@ -429,6 +443,28 @@ class RedisStore:
             raise StoreProtocolError("reservation has adjustments in other hash slots")
         return result
 
+    async def put_value(self, key: str, value: str, ttl: float, now: float) -> None:
+        check_value(value, ttl)
+        await self._command(f"SET {key}", partial(self._client.set, key, value, px=ttl_ms(ttl)))
+
+    async def get_value(self, key: str, now: float) -> str | None:
+        what = f"GET {key}"
+        reply = await self._command(what, partial(self._client.get, key))
+        return None if reply is None else decode_text(reply, self.address, what)
+
+    async def list_values(self, prefix: str, now: float) -> dict[str, str]:
+        pattern = glob_escape(prefix) + "*"
+        count = self.scan_count
+        found: set[bytes] = set()  # SCAN may return a key more than once
+        cursor = 0
+        while True:
+            scan = partial(self._client.scan, cursor, match=pattern, count=count)
+            cursor, keys = await self._command(f"SCAN MATCH {pattern}", scan)
+            found.update(keys)
+            if int(cursor) == 0:
+                break
+        return await self._read_values(sorted(found), prefix)
+
     async def aclose(self) -> None:
         if self._pipeliner is not None:
             await self._pipeliner.aclose()
@@ -444,6 +480,43 @@ class RedisStore:
         future = pipeliner.submit(script, numkeys, args)
         self._deadlines.add(asyncio.get_running_loop(), future)
         return await future
+
+    async def _read_values(self, keys: list[bytes], prefix: str) -> dict[str, str]:
+        """``MGET`` ``keys`` in chunks: string values only (MGET answers nil for a key that
+        expired since the scan, or that holds a hash); keys that are not UTF-8 are skipped."""
+        out: dict[str, str] = {}
+        step = self.scan_count
+        for start in range(0, len(keys), step):
+            chunk = keys[start : start + step]
+            replies = await self._command("MGET", partial(self._client.mget, chunk))
+            for raw, reply in zip(chunk, replies, strict=True):
+                if reply is None:
+                    continue
+                try:
+                    key = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+                if key.startswith(prefix):
+                    out[key] = decode_text(reply, self.address, f"GET {key}")
+        return out
+
+    async def _command(self, what: str, send: Callable[[], Any]) -> Any:
+        """One plain command, bounded by ``timeout`` (queueing for a connection included),
+        with client errors converted as for scripts."""
+        try:
+            async with asyncio.timeout(self.timeout), self._connections:
+                return await send()
+        except BaseException as exc:  # noqa: B036 - converted, never swallowed
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            if isinstance(exc, TimeoutError):
+                raise StoreUnavailable(
+                    f"cannot reach redis at {self.address}: no answer to {what:.200} within "
+                    f"{self.timeout * 1000:g} ms"
+                ) from None
+            if isinstance(exc, rexc.ConnectionError | OSError):
+                await _drop_idle_connections(self._client)
+            raise command_error(exc, self.address, f"{what:.200}") from exc
 
     async def _direct(self, script: LuaScript, numkeys: int, args: Sequence[Any]) -> Any:
         """One EVALSHA through redis-py's registered script (it reloads on NOSCRIPT)."""

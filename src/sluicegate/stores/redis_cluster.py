@@ -30,13 +30,18 @@ end in a background task, and an admission nobody waits for any more is refunded
 
 Settlement follows the same rule: ``settle.lua`` runs on the record's slot and applies the
 adjustments of that slot; those of other slots (pool token buckets) follow with ``adjust.lua``.
+
+**Shared values** are plain ``SET PX`` / ``GET`` on the key's slot (``sg:{acme}:scale:...`` is in
+the tenant's slot). ``list_values`` scans every primary in turn (``SCAN MATCH`` per node, then
+``MGET`` per slot) and merges the keys, so a key is listed once even if a scan repeats it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -46,28 +51,33 @@ from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot
 
 from sluicegate.errors import ConfigurationError, StoreError, StoreUnavailable
-from sluicegate.stores.base import Batch, BatchResult, SettleResult, SettleStatus
+from sluicegate.stores.base import Batch, BatchResult, SettleResult, SettleStatus, check_value
 from sluicegate.stores.redis import DEFAULT_TIMEOUT
 from sluicegate.stores.redis_scripts import (
     ADJUST,
     APPLY,
     MODE_DRY,
     MODE_VALUES,
+    SCAN_COUNT,
     SCRIPTS,
     SETTLE,
     Adjustment,
     Codec,
     Entry,
     LuaScript,
+    command_error,
     convert_error,
     decode_apply,
     decode_entries,
     decode_settle,
+    decode_text,
     decode_values,
     encode_entries,
+    glob_escape,
     merge_results,
     record_key,
     socket_timeouts,
+    ttl_ms,
 )
 
 __all__ = ["RedisClusterStore", "parse_cluster_url"]
@@ -134,6 +144,9 @@ class RedisClusterStore:
     ``use_caller_clock``, ``ttl_slack``); micro-batching is not implemented for the cluster:
     concurrent decisions run as concurrent script calls on redis-py's per-node pools.
     """
+
+    #: Keys per ``SCAN`` round trip (and per ``MGET`` batch) in :meth:`list_values`.
+    scan_count: int = SCAN_COUNT
 
     def __init__(
         self,
@@ -259,6 +272,47 @@ class RedisClusterStore:
                 pass  # it completes in the background; the record is already settled
         return result
 
+    async def put_value(self, key: str, value: str, ttl: float, now: float) -> None:
+        check_value(value, ttl)
+        await self._command(f"SET {key}", partial(self._client.set, key, value, px=ttl_ms(ttl)))
+
+    async def get_value(self, key: str, now: float) -> str | None:
+        what = f"GET {key}"
+        reply = await self._command(what, partial(self._client.get, key))
+        return None if reply is None else decode_text(reply, self._where, what)
+
+    async def list_values(self, prefix: str, now: float) -> dict[str, str]:
+        pattern = glob_escape(prefix) + "*"
+        what = f"SCAN MATCH {pattern}"
+        count = self.scan_count
+        client = self._client
+        await self._command("CLUSTER SLOTS", client.initialize)  # no-op once discovered
+        found: set[bytes] = set()  # keys are unique per primary, but SCAN may repeat one
+        for node in client.get_primaries():
+            cursor = 0
+            while True:
+                scan = partial(client.scan, cursor, match=pattern, count=count, target_nodes=node)
+                cursors, keys = await self._command(f"{what} on {node.name}", scan)
+                found.update(keys)
+                cursor = int(cursors.get(node.name, 0))
+                if cursor == 0:
+                    break
+        out: dict[str, str] = {}
+        ordered = sorted(found)
+        for start in range(0, len(ordered), count):
+            chunk = ordered[start : start + count]
+            replies = await self._command("MGET", partial(client.mget_nonatomic, chunk))
+            for raw, reply in zip(chunk, replies, strict=True):
+                if reply is None:
+                    continue  # expired since the scan, or not a string (a reservation's hash)
+                try:
+                    key = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    continue  # not a key sluicegate wrote
+                if key.startswith(prefix):
+                    out[key] = decode_text(reply, self._where, f"GET {key}")
+        return out
+
     async def aclose(self) -> None:
         if self._background:
             await asyncio.wait(list(self._background), timeout=max(1.0, self.timeout * 10))
@@ -266,6 +320,26 @@ class RedisClusterStore:
             await self._client.aclose()
 
     # -- internals ----------------------------------------------------------------------------
+    @property
+    def _where(self) -> str:
+        return f"cluster {self.address}"
+
+    async def _command(self, what: str, send: Callable[[], Any]) -> Any:
+        """One plain command (redis-py routes it by slot), bounded by ``timeout`` like a
+        script call, errors converted likewise."""
+        try:
+            async with asyncio.timeout(self.timeout), self._connections:
+                return await send()
+        except BaseException as exc:  # noqa: B036 - converted, never swallowed
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            if isinstance(exc, TimeoutError):
+                raise StoreUnavailable(
+                    f"cannot reach redis at {self._where}: no answer to {what:.200} within "
+                    f"{self.timeout * 1000:g} ms"
+                ) from None
+            raise command_error(exc, self._where, f"{what:.200}") from exc
+
     async def _call(
         self, script: LuaScript, numkeys: int, args: Sequence[Any], timeout: float | None = None
     ) -> Any:

@@ -13,6 +13,8 @@ Wire format (the Lua files carry the authoritative KEYS/ARGV header comments):
   ``kind, key, algorithm, value`` (``value`` = period for token buckets, cost for concurrency),
   split into *local* (same hash slot as the record, applied by ``settle.lua`` itself) and
   *foreign* (other slots, returned to the client; only shared pools in Redis Cluster).
+* Shared values are no script: ``SET key value PX ms`` (:func:`ttl_ms`), ``GET``, and ``SCAN
+  MATCH <escaped prefix>*`` (:func:`glob_escape`) + ``MGET`` for listings.
 """
 
 from __future__ import annotations
@@ -304,6 +306,46 @@ def merge_results(
         resets.append(part[1])
         retries.append(part[2])
     return BatchResult(allowed, delay if allowed else 0.0, remaining, resets, retries)
+
+
+# -- shared values ------------------------------------------------------------------------------
+
+#: Keys asked of ``SCAN`` per round trip (and read per ``MGET``) by ``list_values``.
+SCAN_COUNT = 1000
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with Redis glob metacharacters (``* ? [ ] \\``) backslash-escaped, so a ``SCAN
+    MATCH`` pattern built from it matches it literally."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def ttl_ms(ttl: float) -> int:
+    """``SET ... PX`` milliseconds for a value's ``ttl`` in seconds: rounded, at least 1."""
+    return max(1, round(ttl * 1000))
+
+
+def decode_text(reply: Any, where: str, what: str) -> str:
+    """A string reply (``bytes`` from redis-py) as ``str``; not UTF-8 is a protocol error."""
+    if isinstance(reply, str):
+        return reply
+    if isinstance(reply, bytes | bytearray):
+        try:
+            return bytes(reply).decode("utf-8")
+        except UnicodeDecodeError:
+            raise StoreProtocolError(f"redis at {where}: {what} is not UTF-8 text") from None
+    raise StoreProtocolError(f"redis at {where}: unexpected reply to {what}: {reply!r:.120}")
+
+
+def command_error(exc: BaseException, where: str, what: str) -> StoreError:
+    """:func:`convert_error` for a plain command (``GET sg:{acme}:scale:x``) rather than a
+    script: a refusal names the command (``WRONGTYPE`` when the key holds a bucket's hash)."""
+    if isinstance(exc, rexc.ResponseError) and not isinstance(exc, _UNAVAILABLE):
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return StoreProtocolError(f"redis at {where} refused {what}: {msg[:300]}")
+    return convert_error(exc, where)
 
 
 # -- errors -------------------------------------------------------------------------------------
