@@ -31,6 +31,20 @@ per 10 s plus 10 % of the originals) never binds, as the key's own limit admits 
 The budget also costs successes: a call refused for the budget gives up at once, where without
 it a later retry might have been admitted.
 
+The other controls, on the engine directly (virtual clock, memory store, open-loop callers:
+every refusal counts as a failure, nothing is retried):
+
+* tenant breaker: one runaway tenant (30 calls/s) beside three quiet ones (2 calls/s each) on a
+  pool of 20 calls/s, for 120 s, without and with ``breaker: {share: 0.5, window: 30s,
+  floor: 60/min, cooldown: 60s}``: the quiet tenants' success rate, and the runaway's admitted
+  rate while held;
+* adaptive burst: a think-then-act agent (idle 5 s, then 30 calls 10 ms apart) against an
+  agent limit of 600/min with a fixed ``burst: 10`` and with ``adaptive_burst: {window: 60s,
+  factor: 8, min: 10, max: 60}``: the share of calls admitted over the last 20 of 30 cycles;
+* scale event: 50 instances with init tokens making 20 calls each at once, against an init
+  aggregate that holds ten instances' worth (``burst: 200``), without and with a scale event
+  of 50 instances: the share admitted.
+
 Run: ``.venv/bin/python bench/agentic.py [--seed 1] [--waves 10] [--calls 4] [--period 30]``.
 The last line is machine-readable.
 """
@@ -38,14 +52,19 @@ The last line is machine-readable.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from sluicegate.clock import VirtualClock
+from sluicegate.engine import Engine, RequestContext
+from sluicegate.engine.init_tokens import issue_token
 from sluicegate.policy import policy_from_text
 from sluicegate.policy.resolve import Policy
 from sluicegate.sim import ActorSpec, RetryPolicy, RunResult, Step, Traffic, simulate
+from sluicegate.stores.memory import MemoryStore
 
 #: The orchestrator's key (agent plane) is the bucket all its sub-agents share.
 POLICY = """
@@ -184,6 +203,121 @@ def summary(rows: Sequence[Row]) -> str:
     )
 
 
+BREAKER_POLICY = """
+version: 1
+default_tier: t
+tiers:
+  t:
+    tenant: {requests: 1200/min, burst: 100}
+pools:
+  openai:
+    requests: 1200/min
+    burst: 200
+"""
+BREAKER = "    breaker: {share: 0.5, window: 30s, floor: 60/min, cooldown: 60s}\n"
+
+
+async def breaker_figures(breaker: bool) -> tuple[float, float]:
+    """(quiet tenants' success rate, runaway's admitted calls/s from 30 s on)."""
+    policy = policy_from_text(BREAKER_POLICY + (BREAKER if breaker else ""))
+    clock = VirtualClock(0.0)
+    engine = Engine(policy, MemoryStore(), clock, on_alert=lambda _: None)
+    quiet_sent = quiet_ok = runaway_late = 0
+    for step in range(120 * 30):  # 120 s in steps of 1/30 s
+        clock.advance(1 / 30)
+        ctx = RequestContext("runaway", "a", workload_class="realtime", pool="openai")
+        ok = (await engine.decide(ctx)).allowed
+        runaway_late += ok and step >= 30 * 30
+        if step % 15 == 0:  # each quiet tenant: 2 calls/s
+            for tenant in ("q1", "q2", "q3"):
+                quiet_sent += 1
+                ctx = RequestContext(tenant, "a", workload_class="realtime", pool="openai")
+                quiet_ok += (await engine.decide(ctx)).allowed
+    return quiet_ok / quiet_sent, runaway_late / 90.0
+
+
+ADAPTIVE_POLICY = """
+version: 1
+default_tier: t
+tiers:
+  t:
+    agent:
+      requests: 600/min
+      {burst}
+"""
+
+
+async def burst_figures(adaptive: bool) -> float:
+    """Share of a think-then-act agent's calls admitted over its last 20 of 30 cycles."""
+    burst = (
+        "adaptive_burst: {window: 60s, factor: 8, min: 10, max: 60}" if adaptive else "burst: 10"
+    )
+    policy = policy_from_text(ADAPTIVE_POLICY.format(burst=burst))
+    clock = VirtualClock(0.0)
+    engine = Engine(policy, MemoryStore(), clock)
+    ctx = RequestContext("acme", "planner", workload_class="realtime")
+    admitted = 0
+    for cycle in range(30):
+        clock.advance(5.0)
+        for _ in range(30):
+            clock.advance(0.01)
+            ok = (await engine.decide(ctx)).allowed
+            admitted += ok and cycle >= 10
+    return admitted / (20 * 30)
+
+
+SECRET = "bench-init-secret-" + "x" * 20
+FLEET_POLICY = f"""
+version: 1
+default_tier: t
+init:
+  window: 60s
+  limits: {{requests: 120/min, burst: 20}}
+  aggregate: {{requests: 600/min, burst: 200}}
+  secret: {SECRET}
+tiers:
+  t:
+    agent: {{requests: 60/min, burst: 20}}
+"""
+
+
+async def fleet_figures(scale_event: bool) -> float:
+    """Share of 50 instances x 20 init calls admitted."""
+    clock = VirtualClock(0.0)
+    wall = 1_800_000_000.0
+    engine = Engine(
+        policy_from_text(FLEET_POLICY), MemoryStore(), clock,
+        wall_clock=lambda: wall + clock.now(), on_alert=lambda _: None,
+    )  # fmt: skip
+    if scale_event:
+        await engine.add_scale_event("acme", "worker", 50, 90)
+    admitted = 0
+    for i in range(50):
+        tok = issue_token(
+            SECRET, tenant="acme", agent="worker", instance=f"c{i}", ttl=600, now=wall
+        )
+        ctx = RequestContext("acme", "worker", workload_class="realtime", init_token=tok)
+        for _ in range(20):
+            admitted += (await engine.decide(ctx)).allowed
+    return admitted / 1000
+
+
+async def controls() -> dict[str, float]:
+    """The breaker, adaptive-burst and scale-event figures (see the module docstring)."""
+    victim_off, runaway_off = await breaker_figures(False)
+    victim_on, runaway_on = await breaker_figures(True)
+    return {
+        "victim_success_off": victim_off,
+        "victim_success": victim_on,
+        "runaway_rps_off": runaway_off,
+        "runaway_rps_held": runaway_on,
+        "think_act_admitted_fixed": await burst_figures(False),
+        "think_act_admitted_adaptive": await burst_figures(True),
+        "fleet_admitted": await fleet_figures(False),
+        "fleet_admitted_scale_event": await fleet_figures(True),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=1)
@@ -204,7 +338,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(table(headline))
     print(f"sensitivity (agent limit {' and '.join(f'{r}/min' for r in SENSITIVITY_RPM)}):")
     print(table(others))
-    print(summary(headline))
+    figures = asyncio.run(controls())
+    print(
+        "tenant breaker (pool 20/s; runaway 30/s, 3 quiet tenants 2/s each, 120 s): quiet "
+        f"success {figures['victim_success_off']:.1%} without, {figures['victim_success']:.1%} "
+        f"with; runaway admitted {figures['runaway_rps_off']:.1f}/s without, "
+        f"{figures['runaway_rps_held']:.1f}/s with (floor 1/s, averaged over 30-120 s: it is "
+        "released after each 60 s cooldown and trips again)"
+    )
+    print(
+        "think-then-act (idle 5 s, 30 calls; 600/min): admitted "
+        f"{figures['think_act_admitted_fixed']:.1%} with burst 10, "
+        f"{figures['think_act_admitted_adaptive']:.1%} with adaptive_burst (min 10, max 60)"
+    )
+    print(
+        "fleet of 50 x 20 init calls (aggregate holds 10 instances): admitted "
+        f"{figures['fleet_admitted']:.1%} without, {figures['fleet_admitted_scale_event']:.1%} "
+        "with a scale event of 50"
+    )
+    print(summary(headline) + " " + " ".join(f"{k}={v:.3f}" for k, v in figures.items()))
 
 
 if __name__ == "__main__":

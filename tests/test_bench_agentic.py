@@ -84,3 +84,11 @@ async def test_simulated_client_stops_where_the_sdk_does(agentic: ModuleType) ->
     assert refused is not None and refused.reason is Reason.RETRY_BUDGET_EXHAUSTED
     assert dict(render_headers(refused))["x-should-retry"] == "false"
     assert not should_retry(refused.reason)
+
+
+async def test_the_other_controls_help_in_the_direction_they_promise(agentic: ModuleType) -> None:
+    figures = await agentic.controls()
+    assert figures["victim_success"] == 1.0 and figures["victim_success_off"] < 0.5
+    assert figures["runaway_rps_held"] < figures["runaway_rps_off"] / 4
+    assert figures["think_act_admitted_adaptive"] > 0.95 > 0.5 > figures["think_act_admitted_fixed"]
+    assert figures["fleet_admitted_scale_event"] == 1.0 and figures["fleet_admitted"] < 0.3

@@ -1,22 +1,32 @@
-"""What a run measured, per report group (tenant) and workload class.
+"""What a run measured, per report group (tenant, or a kind of caller) and workload class.
 
-Definitions (also in ``docs/simulate.md``):
+The clients are closed-loop (each actor waits for its call before making the next), so what a
+policy does changes how many calls it is asked to make: a policy that makes callers wait a minute
+is asked fewer calls, and per-*attempt* figures flatter it. The lead figures are therefore
+measured against the **demand**, which does not depend on the policy (definitions also in
+``docs/simulate.md``):
 
-* ``calls``: original calls (one per script step started); ``attempts``: decisions asked,
-  retries included; ``retry_amplification = attempts / calls``.
-* ``admitted``: attempts the gateway allowed (now or after a wait); ``refused``: attempts the
-  gateway refused; ``upstream_refused``: admitted attempts the provider answered with its own
-  429 (over its quota); ``http_429 = refused + upstream_refused``; ``succeeded``: calls that
-  finished; ``gave_up``: calls the client abandoned (retries exhausted, or a refusal it must
-  not retry).
+* ``demand``: the calls each actor's script would start within the duration if every call
+  succeeded at once (replayed from the same seeded script: gaps and upstream service times,
+  no limiter); ``tasks``: the tasks (see :class:`~sluicegate.sim.model.Step` ``end``) wholly
+  inside the demand.
+* ``done``: calls of the demand that succeeded (``goodput = done / demand``); a call the policy
+  delayed past the end of the run, or that the client gave up, is not done. ``tasks_done``:
+  tasks whose every call succeeded (``task_success = tasks_done / tasks``).
+* ``within_sla``: the share of the demand that succeeded with added latency within the class's
+  ``sla_p95``; the class meets its SLA when that share is at least 95 %.
 * ``added latency``: completion time - first attempt - upstream service time, i.e. everything
-  the limiter added (deferred admission, backoff, Retry-After). Percentiles are over succeeded
-  calls; ``within_sla`` is the share of *all* calls that succeeded with added latency within the
-  class's ``sla_p95`` (a given-up call is a miss). The class meets its SLA when that share is at
-  least 95 %.
+  the limiter added (deferred admission, backoff, Retry-After); percentiles over the calls done.
+* per attempt (what the policy induced): ``calls``: original calls started (one per script
+  step); ``attempts``: decisions asked, retries included; ``retry_amplification = attempts /
+  calls``; ``admitted`` / ``refused``: attempts the gateway allowed (now or after a wait) /
+  refused; ``upstream_refused``: admitted attempts the provider answered with its own 429 (over
+  its quota); ``http_429 = refused + upstream_refused``; ``succeeded``: calls that finished;
+  ``gave_up``: calls the client abandoned (retries exhausted, or a refusal it must not retry).
 * tokens: ``actual`` usage of calls the provider served, counted when the upstream call
   starts, compared with the provider quota (the pool's token rate): over the whole run and in
-  the busiest minute.
+  the busiest minute; ``wasted_tokens``: tokens of admitted calls the provider refused (sent
+  upstream for nothing).
 """
 
 from __future__ import annotations
@@ -48,6 +58,11 @@ class Accumulator:
         "gave_up",
         "tokens",
         "latencies",
+        "demand",
+        "done",
+        "tasks",
+        "tasks_done",
+        "wasted_tokens",
     )
 
     def __init__(self) -> None:
@@ -61,6 +76,11 @@ class Accumulator:
         self.gave_up = 0
         self.tokens = 0.0
         self.latencies: list[float] = []
+        self.demand = 0
+        self.done = 0
+        self.tasks = 0
+        self.tasks_done = 0
+        self.wasted_tokens = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +103,21 @@ class ClassStats:
     p99: float
     sla: float | None
     within_sla: float
+    demand: int = 0
+    done: int = 0
+    tasks: int = 0
+    tasks_done: int = 0
+    wasted_tokens: float = 0.0
+
+    @property
+    def goodput(self) -> float:
+        """Share of the demand done."""
+        return self.done / self.demand if self.demand else 1.0
+
+    @property
+    def task_success(self) -> float:
+        """Share of the demand's tasks whose every call succeeded."""
+        return self.tasks_done / self.tasks if self.tasks else 1.0
 
     @property
     def http_429(self) -> int:
@@ -103,21 +138,25 @@ class ClassStats:
     @classmethod
     def of(cls, group: str, klass: str, acc: Accumulator, sla: float | None) -> ClassStats:
         lat = sorted(acc.latencies)
-        if sla is None:
-            within = acc.succeeded / acc.calls if acc.calls else 1.0
-        else:
-            ok = sum(1 for x in lat if x <= sla + 1e-9)
-            within = ok / acc.calls if acc.calls else 1.0
+        ok = len(lat) if sla is None else sum(1 for x in lat if x <= sla + 1e-9)
+        within = ok / acc.demand if acc.demand else 1.0
         return cls(
             group, klass, acc.calls, acc.attempts, acc.admitted, acc.waited, acc.refused,
             acc.upstream_refused, acc.succeeded, acc.gave_up, acc.tokens,
             percentile(lat, 0.50), percentile(lat, 0.95), percentile(lat, 0.99), sla, within,
+            acc.demand, acc.done, acc.tasks, acc.tasks_done, acc.wasted_tokens,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "group": self.group,
             "class": self.workload_class,
+            "demand": self.demand,
+            "done": self.done,
+            "goodput": round(self.goodput, 6),
+            "tasks": self.tasks,
+            "tasks_done": self.tasks_done,
+            "task_success": round(self.task_success, 6),
             "calls": self.calls,
             "attempts": self.attempts,
             "admitted": self.admitted,
@@ -127,6 +166,7 @@ class ClassStats:
             "succeeded": self.succeeded,
             "gave_up": self.gave_up,
             "tokens": self.tokens,
+            "wasted_tokens": self.wasted_tokens,
             "retry_amplification": round(self.retry_amplification, 6),
             "p50": _num(self.p50),
             "p95": _num(self.p95),
@@ -188,6 +228,18 @@ class RunResult:
         return sum(s.tokens for s in self.stats)
 
     @property
+    def demand(self) -> int:
+        return sum(s.demand for s in self.stats)
+
+    @property
+    def done(self) -> int:
+        return sum(s.done for s in self.stats)
+
+    @property
+    def wasted_tokens(self) -> float:
+        return sum(s.wasted_tokens for s in self.stats)
+
+    @property
     def quota_tokens(self) -> float:
         """The provider's token quota over the scenario's duration."""
         return self.quota_tokens_per_min * self.duration / 60.0
@@ -238,6 +290,11 @@ class RunResult:
                 acc.succeeded += s.succeeded
                 acc.gave_up += s.gave_up
                 acc.tokens += s.tokens
+                acc.demand += s.demand
+                acc.done += s.done
+                acc.tasks += s.tasks
+                acc.tasks_done += s.tasks_done
+                acc.wasted_tokens += s.wasted_tokens
             acc.latencies = self.latencies.get(klass, [])
             out[klass] = ClassStats.of("*", klass, acc, rows[0].sla)
         return out
@@ -249,12 +306,15 @@ class RunResult:
             "policy": self.policy,
             "seed": self.seed,
             "duration": self.duration,
+            "demand": self.demand,
+            "done": self.done,
             "calls": self.calls,
             "attempts": self.attempts,
             "decisions": self.decisions,
             "provider": self.provider,
             "upstream_refused": self.upstream_refused,
             "tokens": self.tokens,
+            "wasted_tokens": self.wasted_tokens,
             "quota_tokens_per_min": self.quota_tokens_per_min,
             "peak_tokens_per_min": round(self.peak_tokens_per_min, 3),
             "stats": [s.to_dict() for s in self.stats],

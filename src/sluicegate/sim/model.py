@@ -23,7 +23,11 @@ class Step(NamedTuple):
 
     ``gap``: seconds after the previous call finished (for the first step: after the actor's
     start); ``tokens``: the reservation the gateway sees (estimated prompt + reserved output);
-    ``actual``: the usage the upstream reports (settled); ``service``: the upstream's own latency.
+    ``actual``: the usage the upstream reports (settled); ``service``: the upstream's own latency;
+    ``end``: whether this step ends a *task* (the unit of work reports count as done when every
+    one of its steps succeeded: a think-then-act burst, a sub-agent's job, a container's start-up;
+    by default every call is a task of its own); ``phase``: reported as a group of its own
+    (``group/phase``), e.g. a container's ``init`` calls apart from its steady ones.
     """
 
     gap: float
@@ -31,6 +35,8 @@ class Step(NamedTuple):
     tokens: float
     actual: float
     service: float
+    end: bool = True
+    phase: str | None = None
 
 
 StepsFactory = Callable[[random.Random], Iterator[Step]]
@@ -51,13 +57,18 @@ class ActorSpec:
     path: str = "/v1/chat/completions"
     #: Pipeline (trace) id sent with every call, for per-trace retry caps across a fan-out.
     trace: str | None = None
+    #: A starting instance: when the policy has an init tier, the simulator mints it a signed
+    #: init token (``sluicegate.engine.init_tokens.issue_token``, with a secret of the run) and
+    #: sends it with every call, as an orchestrator-launched container would.
+    init_token: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Traffic:
     """A built scenario. ``quota_*`` describe the upstream provider's quota (used when neither
     policy declares the pool); ``notes`` are ``(feature, text)``: the text is shown for a policy
-    without that feature (see :func:`sluicegate.sim.runner.has_feature`; ``""``: always)."""
+    without that feature (see :func:`sluicegate.sim.runner.has_feature`; ``""``: always), or,
+    for ``"+feature"``, for a policy *with* it."""
 
     scenario: str
     description: str

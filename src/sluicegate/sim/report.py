@@ -28,10 +28,6 @@ def _ms(seconds: float) -> str:
     return f"{seconds:.1f}s"
 
 
-def _pct(share: float) -> str:
-    return f"{share * 100:.1f}%"
-
-
 def _tokens(n: float) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= size:
@@ -39,18 +35,25 @@ def _tokens(n: float) -> str:
     return f"{n:.0f}"
 
 
+#: Lead columns are measured against the demand (the same for every policy); the rest per
+#: call and attempt the policy induced (see ``sluicegate.sim.metrics``).
 _COLUMNS: tuple[tuple[str, int], ...] = (
-    ("calls", 7), ("attempts", 8), ("admitted", 8), ("429 gw", 6), ("429 up", 6), ("ampl", 5),
-    ("gave up", 7), ("p50", 7), ("p95", 7), ("p99", 7), ("in SLA", 7),
+    ("demand", 6), ("done", 6), ("tasks ok", 8), ("in SLA", 7), ("p50", 6), ("p95", 6),
+    ("calls", 6), ("ampl", 5), ("429 gw", 6), ("429 up", 6), ("gave up", 7),
 )  # fmt: skip
 
 
 def _cells(s: ClassStats) -> list[str]:
     return [
-        str(s.calls), str(s.attempts), str(s.admitted), str(s.refused), str(s.upstream_refused),
-        f"{s.retry_amplification:.2f}", str(s.gave_up), _ms(s.p50), _ms(s.p95), _ms(s.p99),
-        _pct(s.within_sla) + ("" if s.meets_sla else "!"),
+        str(s.demand), _pct(s.goodput), _pct(s.task_success),
+        _pct(s.within_sla) + ("" if s.meets_sla else "!"), _ms(s.p50), _ms(s.p95),
+        str(s.calls), f"{s.retry_amplification:.2f}", str(s.refused), str(s.upstream_refused),
+        str(s.gave_up),
     ]  # fmt: skip
+
+
+def _pct(share: float) -> str:
+    return f"{share * 100:.0f}%" if share >= 0.9995 or share == 0 else f"{share * 100:.1f}%"
 
 
 def _summary(r: RunResult) -> str:
@@ -58,11 +61,13 @@ def _summary(r: RunResult) -> str:
     ratio = r.peak_tokens_per_min / quota if quota else math.nan
     top = sorted(r.refused_by.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
     by = ", ".join(f"{name} {n}" for name, n in top) or "nothing"
+    done = r.done / r.demand if r.demand else 1.0
     return (
-        f"  [{r.policy}] {r.calls} calls, {r.attempts} attempts, {r.refused} refused (by {by}), "
-        f"{r.upstream_refused} provider 429s; "
-        f"tokens {_tokens(r.tokens)} vs quota {_tokens(r.quota_tokens)} "
-        f"({_tokens(quota)}/min), busiest minute {ratio:.2f}x the quota rate"
+        f"  [{r.policy}] done {r.done} of {r.demand} demanded calls ({done:.1%}); "
+        f"{r.calls} calls, {r.attempts} attempts, {r.refused} refused (by {by}), "
+        f"{r.upstream_refused} provider 429s; tokens {_tokens(r.tokens)} "
+        f"({_tokens(quota)}/min quota), busiest minute {ratio:.2f}x the quota"
+        + (f", {_tokens(r.wasted_tokens)} sent over it" if r.wasted_tokens else "")
     )
 
 
@@ -74,7 +79,7 @@ def text_report(a: RunResult, b: RunResult | None = None) -> str:
     head = "group class".ljust(label_w) + " " + "policy".ljust(8)
     head += " ".join(name.rjust(width) for name, width in _COLUMNS)
     if b is not None:
-        head += "  " + "Δ in SLA".rjust(8)
+        head += "  " + "Δ done".rjust(7) + " " + "Δ in SLA".rjust(8)
     lines.append(head)
     lines.append("-" * len(head))
     b_stats = {(s.group, s.workload_class): s for s in (b.stats if b else [])}
@@ -94,8 +99,9 @@ def text_report(a: RunResult, b: RunResult | None = None) -> str:
             if b is not None and i == 1:
                 sa, sb = a_stats.get(key), b_stats.get(key)
                 if sa is not None and sb is not None:
-                    delta = (sb.within_sla - sa.within_sla) * 100
-                    row += "  " + f"{delta:+.1f}pt".rjust(8)
+                    d_done = (sb.goodput - sa.goodput) * 100
+                    d_sla = (sb.within_sla - sa.within_sla) * 100
+                    row += "  " + f"{d_done:+.1f}pt".rjust(7) + " " + f"{d_sla:+.1f}pt".rjust(8)
             lines.append(row)
     lines.append(_summary(a))
     if b is not None:
@@ -236,9 +242,13 @@ def html_report(pairs: Sequence[Pair], title: str = "sluicegate simulation") -> 
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        "<p>Added latency is the time the limiter added to a call: deferred admission, client "
-        "backoff and Retry-After waits. <q>in SLA</q> is the share of all calls that succeeded "
-        "within the class's sla_p95 (<q>!</q>: below 95 %).</p>",
+        "<p>The clients are closed-loop, so the lead figures are measured against the "
+        "<em>demand</em>: the calls each caller's script would make in the run if every call "
+        "succeeded at once, the same for both policies. <q>done</q>: share of the demand that "
+        "succeeded; <q>tasks ok</q>: share of its tasks (a burst, a sub-agent's job, a start-up) "
+        "whose every call succeeded; <q>in SLA</q>: share of the demand that succeeded within "
+        "the class's sla_p95 (<q>!</q>: below 95 %). Added latency is the time the limiter "
+        "added to a call: deferred admission, client backoff and Retry-After waits.</p>",
     ]
     for a, b in pairs:
         runs = [a] + ([b] if b is not None else [])

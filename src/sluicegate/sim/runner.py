@@ -18,6 +18,18 @@ a pure function of (policy, traffic, seed). Per event the runner moves the engin
 * ``COMPLETE``: settles the reservation with the actual usage (``Engine.settle``) and starts
   the actor's next step after its think time.
 
+Alongside, each actor keeps an *ideal* clock: where its script would be if every call succeeded
+at once (gap + service time per step). A step whose ideal start is within the duration is part
+of the **demand**, the same for every policy; what the policy got done is measured against it
+(see :mod:`sluicegate.sim.metrics`). When the actor's real clock passes the duration, the rest of
+its demand is counted by drawing the script on (those calls are not done).
+
+Actors marked ``init_token`` (starting containers) get a real signed init token when the policy
+has an init tier: the runner gives the tier a secret of its own for the run
+(:func:`sim_init_secret`), mints one token per actor with
+:func:`sluicegate.engine.init_tokens.issue_token`, and runs the engine's wall clock (used only to
+check the tokens' issue and expiry times) in step with the virtual clock.
+
 No event loop: the engine's coroutines are driven with ``coro.send(None)``. That is exact only
 because the :class:`~sluicegate.stores.memory.MemoryStore` never suspends (its ``apply`` and
 ``settle`` return without awaiting anything); :func:`_drive` raises if a coroutine ever yields,
@@ -26,6 +38,7 @@ and :func:`simulate` only accepts a memory store.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import random
@@ -36,6 +49,7 @@ from typing import Any, TypeVar
 from sluicegate.algorithms import gcra_step
 from sluicegate.clock import VirtualClock
 from sluicegate.engine import Engine, Outcome, RequestContext
+from sluicegate.engine.init_tokens import issue_token
 from sluicegate.policy.resolve import Axis, Policy
 from sluicegate.sim.clients import RetryPolicy, retry_after_header, should_retry
 from sluicegate.sim.metrics import Accumulator, ClassStats, RunResult
@@ -56,6 +70,8 @@ BUILTIN_SLA = {"realtime": 0.8, "interactive": 3.0, "batch": 60.0}
 SWEEP_INTERVAL = 300.0
 #: Number of time bins of the series in a report.
 SERIES_BINS = 120
+#: Wall-clock time (seconds since the epoch) of virtual time 0, for init tokens.
+WALL_EPOCH = 1_700_000_000.0
 
 
 #: Whether this engine's RequestContext carries retry attempts and trace ids (retry budgets).
@@ -75,6 +91,11 @@ def has_feature(policy: Policy, feature: str) -> bool:
     if feature == "init_tier":
         return getattr(spec, "init", None) is not None
     return False
+
+
+def safe_instance(spec: ActorSpec) -> str:
+    """An instance id for an actor's init token (at most 128 characters with its index)."""
+    return (spec.session or spec.agent)[:100]
 
 
 class EngineSuspended(RuntimeError):
@@ -99,7 +120,7 @@ class _Call:
 
     __slots__ = (
         "spec", "steps", "group", "retry", "ctx", "accs", "series_admitted", "series_refused",
-        "step", "t0", "retries", "acc", "decision_id",
+        "step", "t0", "retries", "acc", "decision_id", "ideal", "in_demand", "task_ok",
     )  # fmt: skip
 
     def __init__(self, spec: ActorSpec, rng: random.Random, ctx: RequestContext) -> None:
@@ -116,6 +137,25 @@ class _Call:
         self.retries = 0
         self.acc = Accumulator()
         self.decision_id = ""
+        #: Where the script would be if every call had succeeded at once (the demand's clock).
+        self.ideal = spec.start
+        #: Whether the current step is part of the demand; whether the current task is intact.
+        self.in_demand = False
+        self.task_ok = True
+
+
+def sim_init_secret(seed: int) -> str:
+    """The init-token secret the simulator gives a policy's init tier for a run (a policy's own
+    secret comes from its environment, which a simulation must not need)."""
+    return f"sluicegate-simulator-init-secret-{seed:08d}"
+
+
+def with_sim_secret(policy: Policy, seed: int) -> Policy:
+    """``policy`` with its init tier verifying the simulator's tokens (unchanged without one)."""
+    if policy.init is None:
+        return policy
+    init = dataclasses.replace(policy.init, secrets=(sim_init_secret(seed),))
+    return dataclasses.replace(policy, init=init, _cache={})
 
 
 def pool_for(policy: Policy, wanted: str | None) -> str | None:
@@ -185,7 +225,17 @@ def simulate(
         raise TypeError("the simulator drives the engine without an event loop: MemoryStore only")
     started = time.perf_counter()
     clock = VirtualClock(0.0)
-    engine = Engine(policy, store, clock)
+    minting = policy.init is not None and any(a.init_token for a in traffic.actors)
+    if minting:
+        policy = with_sim_secret(policy, seed)
+    alerts: list[dict[str, Any]] = []
+    engine = Engine(
+        policy,
+        store,
+        clock,
+        wall_clock=lambda: WALL_EPOCH + clock.now(),
+        on_alert=lambda event: alerts.append({**event, "t": clock.now()}),
+    )
     targets = dict(sla) if sla is not None else sla_targets(policy)
     quota_tokens, quota_requests = quota or quota_of([policy], traffic)
     pool = pool_for(policy, traffic.pool)
@@ -211,20 +261,72 @@ def simulate(
     decide = engine.decide
     settle = engine.settle
 
+    def acc_for(call: _Call, step: Step) -> Accumulator:
+        klass, phase = step.workload_class, step.phase
+        group = call.group if phase is None else f"{call.group}/{phase}"
+        acc = accs.get((group, klass))
+        if acc is None:
+            acc = accs[(group, klass)] = Accumulator()
+        call.accs[klass if phase is None else f"{klass}/{phase}"] = acc
+        return acc
+
+    def finish(call: _Call, ok: bool) -> None:
+        """The current step ended (succeeded, or the client gave up): count it in the demand's
+        figures and in its task's."""
+        step = call.step
+        assert step is not None
+        if not ok:
+            call.task_ok = False
+        if call.in_demand:
+            if ok:
+                call.acc.done += 1
+            if step.end:
+                call.acc.tasks += 1
+                if call.task_ok:
+                    call.acc.tasks_done += 1
+        if step.end:
+            call.task_ok = True
+
+    def drain(call: _Call) -> None:
+        """The actor's real clock passed the duration: the rest of its demand is not done."""
+        ideal = call.ideal
+        while ideal <= duration:
+            step = next(call.steps, None)
+            if step is None:
+                break
+            ideal += step.gap
+            if ideal > duration:
+                break
+            key = (
+                step.workload_class if step.phase is None else f"{step.workload_class}/{step.phase}"
+            )
+            acc = call.accs.get(key) or acc_for(call, step)
+            acc.demand += 1
+            if step.end:
+                acc.tasks += 1
+            ideal += step.service
+        call.ideal = ideal
+
     def next_step(call: _Call, now: float) -> None:
         step = next(call.steps, None)
         if step is None:
             return
+        klass = step.workload_class
+        acc = call.accs.get(klass if step.phase is None else f"{klass}/{step.phase}")
+        if acc is None:
+            acc = acc_for(call, step)
+        ideal = call.ideal + step.gap
+        in_demand = ideal <= duration
+        if in_demand:
+            acc.demand += 1
+        call.ideal = ideal + step.service
         start = now + step.gap
         if start > duration:
+            if in_demand and step.end:
+                acc.tasks += 1
+            drain(call)
             return
-        klass = step.workload_class
-        acc = call.accs.get(klass)
-        if acc is None:
-            acc = accs.get((call.group, klass))
-            if acc is None:
-                acc = accs[(call.group, klass)] = Accumulator()
-            call.accs[klass] = acc
+        call.in_demand = in_demand
         ctx = call.ctx
         ctx.workload_class = klass
         ctx.tokens = step.tokens
@@ -237,10 +339,17 @@ def simulate(
         push(heap, (start, next(seq), _ATTEMPT, call))
 
     has_retry_attempt = _HAS_RETRY_ATTEMPT
+    init_ttl = policy.init.max_token_ttl if policy.init is not None else 0.0
     for index, spec in enumerate(traffic.actors):
         ctx = RequestContext(spec.tenant, spec.agent, spec.session, path=spec.path, pool=pool)
         if _HAS_TRACE and spec.trace is not None:
             setattr(ctx, "trace_id", spec.trace)  # noqa: B010 - absent on older engines
+        if minting and spec.init_token:
+            ctx.init_token = issue_token(
+                sim_init_secret(seed), tenant=spec.tenant, agent=spec.agent,
+                instance=f"{safe_instance(spec)}-{index}", ttl=init_ttl,
+                now=WALL_EPOCH + spec.start,
+            )  # fmt: skip
         call = _Call(spec, random.Random(f"{seed}:{traffic.scenario}:{index}"), ctx)
         call.series_admitted = admitted_series[spec.group]
         call.series_refused = refused_series[spec.group]
@@ -261,12 +370,14 @@ def simulate(
             ok_t, tat_t = gcra_step(provider_tats[1], now, step.tokens, tok_interval, tok_burst)[:2]
             if not (ok_r and ok_t):
                 acc.upstream_refused += 1
+                acc.wasted_tokens += step.tokens
                 b = int(now * inv_bin)
                 call.series_refused[b if b < last_bin else last_bin] += 1
                 _drive(settle(call.decision_id, 0.0))
                 wait = call.retry.delay(call.retries, None, jitter)
                 if wait is None:
                     acc.gave_up += 1
+                    finish(call, False)
                     next_step(call, now)
                 else:
                     call.retries += 1
@@ -330,6 +441,7 @@ def simulate(
             )
             if wait is None:
                 acc.gave_up += 1
+                finish(call, False)
                 next_step(call, now)
             else:
                 call.retries += 1
@@ -351,7 +463,9 @@ def simulate(
                 raise EngineSuspended("the engine suspended: use a store that never awaits")
             acc.succeeded += 1
             acc.tokens += step.actual
-            acc.latencies.append(max(0.0, now - call.t0 - step.service))
+            if call.in_demand:
+                acc.latencies.append(max(0.0, now - call.t0 - step.service))
+            finish(call, True)
             next_step(call, now)
 
     stats = [
@@ -363,8 +477,22 @@ def simulate(
         latencies.setdefault(klass, []).extend(acc.latencies)
     for values in latencies.values():
         values.sort()
-    notes = [text for feature, text in traffic.notes if not has_feature(policy, feature)]
+    notes = [
+        text
+        for feature, text in traffic.notes
+        if (
+            has_feature(policy, feature[1:])
+            if feature.startswith("+")
+            else not has_feature(policy, feature)
+        )
+    ]
     notes += [f"the policy refused every call of {w} (unknown to it)" for w in sorted(unknown)]
+    for event in alerts:
+        if event.get("event") == "tenant_breaker_open":
+            notes.append(
+                f"t={event['t']:.0f}s: tenant breaker opened for {event.get('tenant')} on pool "
+                f"{event.get('pool')} (share {event.get('share')}): {event.get('action')}"
+            )
     if traffic.pool is not None and pool is None:
         notes.append(
             f"the policy declares no pool {traffic.pool!r}: nothing guards the provider quota"

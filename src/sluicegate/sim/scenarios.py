@@ -16,6 +16,9 @@ from sluicegate.sim.clients import OPENAI_SDK
 from sluicegate.sim.model import ActorSpec, Step, Traffic
 
 DEFAULT_DURATION = 120.0
+#: For scenarios about the provider's quota: long enough for its minute of burst capacity
+#: (a full bucket at the start) to run out, so the quota binds.
+LONG_DURATION = 300.0
 Builder = Callable[[int, float, float | None], Traffic]
 
 
@@ -51,15 +54,16 @@ def _loop(
 
 
 def one_key_many_sessions(seed: int, scale: float, duration: float | None) -> Traffic:
-    """One API key (one agent identity) fronts many user sessions; a few sessions are stuck in
-    a tool loop and call as fast as answers come back."""
+    """One API key (one agent identity of ``globex``, whose key has 600 calls/min in both
+    example policies) fronts many user sessions; a few sessions are stuck in a tool loop and
+    call as fast as answers come back."""
     actors: list[ActorSpec] = []
-    normal = _loop("interactive", (4.0, 12.0), (1000, 3000), 1000, (0.8, 3.0), (0.0, 10.0))
-    looping = _loop("interactive", (0.05, 0.2), (1000, 3000), 1000, (0.3, 1.0), (0.0, 2.0))
+    normal = _loop("interactive", (4.0, 12.0), (300, 1000), 300, (0.8, 3.0), (0.0, 10.0))
+    looping = _loop("interactive", (0.05, 0.2), (300, 1000), 300, (0.3, 1.0), (0.0, 2.0))
     for i in range(_n(60, scale)):
-        actors.append(ActorSpec("acme:sessions", "acme", "shared-key", f"s{i:04d}", 0.0, normal))
+        actors.append(ActorSpec("sessions", "globex", "shared-key", f"s{i:04d}", 0.0, normal))
     for i in range(_n(5, scale)):
-        actors.append(ActorSpec("acme:looping", "acme", "shared-key", f"loop{i:03d}", 0.0, looping))
+        actors.append(ActorSpec("looping", "globex", "shared-key", f"loop{i:03d}", 0.0, looping))
     return Traffic(
         "one-key-many-sessions",
         "one API key fronting many sessions, a few of them stuck in a tool loop",
@@ -69,20 +73,21 @@ def one_key_many_sessions(seed: int, scale: float, duration: float | None) -> Tr
 
 
 def think_then_act(seed: int, scale: float, duration: float | None) -> Traffic:
-    """Agents that think (idle seconds), then act: 15-40 calls back to back."""
+    """Agents that think (idle seconds), then act: 15-40 calls back to back (one task)."""
 
     def steps(rng: random.Random) -> Iterator[Step]:
-        wait = rng.uniform(0.0, 10.0)
+        wait = rng.uniform(0.0, 30.0)
         while True:
-            for k in range(rng.randint(15, 40)):
+            n = rng.randint(15, 40)
+            for k in range(n):
                 tokens, actual = _chat(rng, (1000, 3000), 500)
                 yield Step(wait if k == 0 else rng.uniform(0.0, 0.2), "interactive", tokens,
-                           actual, rng.uniform(0.3, 1.2))  # fmt: skip
-            wait = rng.uniform(5.0, 30.0)
+                           actual, rng.uniform(0.3, 1.2), k == n - 1)  # fmt: skip
+            wait = rng.uniform(THINK[0], THINK[1])
 
     actors = tuple(
         ActorSpec("acme", "acme", f"agent{i:04d}", f"task{i:04d}", 0.0, steps)
-        for i in range(_n(40, scale))
+        for i in range(_n(AGENTS_TTA, scale))
     )
     return Traffic(
         "think-then-act",
@@ -92,9 +97,13 @@ def think_then_act(seed: int, scale: float, duration: float | None) -> Traffic:
     )
 
 
+THINK = (20.0, 60.0)
+AGENTS_TTA = 26
+
+
 def fanout(seed: int, scale: float, duration: float | None) -> Traffic:
     """Orchestrators fan out to 10-20 sub-agents at once, every 25-45 s; each sub-agent makes
-    3-8 calls in sequence and retries like the OpenAI SDK."""
+    3-8 calls in sequence (its task) and retries like the OpenAI SDK."""
     layout = random.Random(f"{seed}:fanout:layout")
     length = duration or DEFAULT_DURATION
     actors: list[ActorSpec] = []
@@ -109,7 +118,8 @@ def fanout(seed: int, scale: float, duration: float | None) -> Traffic:
                     for k in range(calls):
                         tokens, actual = _chat(rng, (2000, 6000), 1000)
                         gap = rng.uniform(0.0, 0.05) if k == 0 else rng.uniform(0.1, 0.8)
-                        yield Step(gap, "interactive", tokens, actual, rng.uniform(1.0, 4.0))
+                        yield Step(gap, "interactive", tokens, actual, rng.uniform(1.0, 4.0),
+                                   k == calls - 1)  # fmt: skip
 
                 trace = f"orch{o:02d}-w{wave:03d}"
                 actors.append(
@@ -141,7 +151,7 @@ def token_heavy(seed: int, scale: float, duration: float | None) -> Traffic:
     n_heavy = max(1, round(n * 0.4))
     actors = [
         ActorSpec(
-            "acme:long-context" if i < n_heavy else "acme:small",
+            "long-context" if i < n_heavy else "small",
             "acme",
             f"agent{i:03d}",
             f"s{i:03d}",
@@ -153,9 +163,9 @@ def token_heavy(seed: int, scale: float, duration: float | None) -> Traffic:
     return Traffic(
         "token-heavy",
         "128k-token contexts beside small calls (reserved, then settled on actual usage)",
-        duration or DEFAULT_DURATION,
+        duration or LONG_DURATION,
         tuple(actors),
-        quota_tokens_per_min=2.5e6,
+        quota_tokens_per_min=2e6,
     )
 
 
@@ -164,11 +174,11 @@ def realtime_vs_batch(seed: int, scale: float, duration: float | None) -> Traffi
     voice = _loop("realtime", (1.0, 3.0), (300, 800), 200, (0.2, 0.5), (0.0, 3.0))
     batch = _loop("batch", (0.0, 0.05), (2000, 6000), 1000, (1.0, 3.0), (0.0, 1.0))
     actors = [
-        ActorSpec("acme:realtime", "acme", f"voice{i:03d}", f"call{i:03d}", 0.0, voice)
+        ActorSpec("realtime", "acme", f"voice{i:03d}", f"call{i:03d}", 0.0, voice)
         for i in range(_n(10, scale))
     ]
     actors += [
-        ActorSpec("acme:batch", "acme", f"batch{i:03d}", f"job{i:03d}", 0.0, batch)
+        ActorSpec("batch", "acme", f"batch{i:03d}", f"job{i:03d}", 0.0, batch)
         for i in range(_n(120, scale))
     ]
     return Traffic(
@@ -180,60 +190,77 @@ def realtime_vs_batch(seed: int, scale: float, duration: float | None) -> Traffi
 
 
 def runaway_tenant(seed: int, scale: float, duration: float | None) -> Traffic:
-    """One tenant's agents flood the shared provider pool beside quiet tenants."""
-    quiet = _loop("interactive", (2.0, 6.0), (500, 2000), 500, (0.5, 2.0), (0.0, 4.0))
+    """One big tenant (``globex``) whose agents call flat out beside many small tenants on the
+    same provider pool: together they ask for more than the pool."""
+    quiet = _loop("interactive", (4.0, 10.0), (500, 2000), 500, (0.5, 2.0), (0.0, 8.0))
     flood = _loop("interactive", (0.0, 0.05), (500, 2000), 500, (0.3, 1.0), (0.0, 1.0))
     actors: list[ActorSpec] = []
-    for t in range(_n(9, scale)):
+    for t in range(_n(QUIET_TENANTS, scale)):
         tenant = f"tenant-{t + 1:02d}"
         for a in range(3):
             actors.append(ActorSpec("quiet", tenant, f"agent{a}", f"s{a}", 0.0, quiet))
     for a in range(_n(40, scale)):
-        actors.append(ActorSpec("runaway", "runaway", f"agent{a:03d}", f"s{a:03d}", 0.0, flood))
+        actors.append(ActorSpec("runaway", "globex", f"agent{a:03d}", f"s{a:03d}", 0.0, flood))
     return Traffic(
         "runaway-tenant",
-        "one tenant floods the shared provider pool beside quiet tenants",
-        duration or DEFAULT_DURATION,
+        "one tenant floods the shared provider pool beside many small tenants",
+        duration or LONG_DURATION,
         tuple(actors),
         notes=(
             (
                 "tenant_breaker",
-                "no tenant breaker on the shared pool (not in the engine yet): only per-tenant "
-                "limits keep one tenant from taking the pool",
+                "no tenant breaker on the shared pool in this policy: only the tenant plane "
+                "keeps one tenant from taking the pool",
             ),
         ),
     )
 
 
+QUIET_TENANTS = 40
+
+
 def fleet_cold_start(seed: int, scale: float, duration: float | None) -> Traffic:
-    """50 containers start at once; each makes 20 init calls, then settles into steady use."""
+    """50 containers of one agent start at once; each makes 20 init calls (its start-up task),
+    then settles into steady use. Each presents a signed init token (the policy's init tier, if
+    it has one, applies)."""
 
     def steps(rng: random.Random) -> Iterator[Step]:
         for k in range(20):
             tokens, actual = _chat(rng, (200, 800), 100)
             gap = rng.uniform(0.0, 2.0) if k == 0 else rng.uniform(0.0, 0.05)
-            yield Step(gap, "interactive", tokens, actual, rng.uniform(0.1, 0.4))
+            yield Step(gap, "interactive", tokens, actual, rng.uniform(0.1, 0.4), k == 19, "init")
         while True:
             tokens, actual = _chat(rng, (1000, 3000), 500)
-            yield Step(rng.uniform(5.0, 15.0), "interactive", tokens, actual, rng.uniform(0.5, 2.0))
+            yield Step(rng.uniform(10.0, 20.0), "interactive", tokens, actual,
+                       rng.uniform(0.5, 2.0))  # fmt: skip
 
     actors = tuple(
-        ActorSpec("acme:fleet", "acme", f"container{i:03d}", None, 0.0, steps)
+        ActorSpec(
+            FLEET_TENANT, FLEET_TENANT, "worker", f"container{i:03d}", 0.0, steps, init_token=True
+        )  # fmt: skip
         for i in range(_n(50, scale))
     )
     return Traffic(
         "fleet-cold-start",
-        "50 containers start at once, each making 20 init calls",
+        "50 containers of one agent start at once, each making 20 init calls",
         duration or DEFAULT_DURATION,
         actors,
         notes=(
             (
                 "init_tier",
-                "no init tier or scale-event handling (not in the engine yet): cold-start "
-                "calls are held to the steady-state limits",
+                "no init tier in this policy: the containers' init tokens are ignored and their "
+                "start-up calls are held to the steady-state limits",
+            ),
+            (
+                "+init_tier",
+                "each container presents a signed init token (minted by the simulator with a "
+                "secret of the run), so its start-up gets the policy's init tier",
             ),
         ),
     )
+
+
+FLEET_TENANT = "acme"
 
 
 SCENARIOS: dict[str, Builder] = {
