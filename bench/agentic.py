@@ -22,14 +22,16 @@ virtual clock, nothing sleeps. The provider's own quota is off (``provider=False
 refusal counted is the gateway's. ``amplification = attempts / original calls``; ``success``:
 calls that finished; ``429 budget``: refusals in which a retry-budget bucket took part.
 
-Reading the figures: the engine charges a retry to the budget only when the retry is admitted
-(a refused batch consumes nothing, ``test_fan_out_retries_capped_per_trace``). So the budget
-caps *admitted* retries; behind a limit that refuses nearly every retry on its own, the budget
-rarely runs out and cannot stop the refused ones (the 30/min rows). In every row it is the
-per-trace cap (10 admitted retries per pipeline) that refuses; the per-agent budget (10 retries
-per 10 s plus 10 % of the originals) never binds, as the key's own limit admits about that few.
-The budget also costs successes: a call refused for the budget gives up at once, where without
-it a later retry might have been admitted.
+Reading the figures: a retry spends the budget whether or not the limits admit it (Finagle
+withdraws per retry attempted, and a refused retry was still sent), so behind a saturated key
+the per-agent budget (10 retries per 10 s plus 10 % of the originals) runs out within seconds
+and every further retry is refused with ``retry_budget_exhausted`` and ``x-should-retry:
+false``, which the SDK obeys: the client stops instead of retrying three times. In these rows
+it is that per-agent budget that refuses (``429 budget``); the per-trace cap (10 retries per
+pipeline) is rarely reached first. The budget costs successes: a call refused for the budget
+gives up at once, where without it a later retry might have been admitted. That is the trade:
+fewer attempts hammering a saturated limit (and the upstream behind it) for a few more calls
+failing fast.
 
 The other controls, on the engine directly (virtual clock, memory store, open-loop callers:
 every refusal counts as a failure, nothing is retried):

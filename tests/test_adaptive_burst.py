@@ -135,3 +135,24 @@ def test_class_scaled_copies_scale_the_adaptive_bounds() -> None:
     scoped = next(r for r in rules if r.scope == "batch")
     assert scoped.adaptive is not None
     assert (scoped.adaptive.min, scoped.adaptive.max) == (5.0, 30.0)
+
+
+def test_tenant_overrides_pick_the_fixed_or_the_adaptive_burst() -> None:
+    """A tenant override that sets ``burst`` replaces the tier's adaptive burst (and the other
+    way round); an override that makes the merged limits unusable is a located error."""
+    tier = "tiers:\n  t:\n    agent: {requests: 60/min, adaptive_burst: {min: 5, max: 50}}\n"
+    policy = policy_from_text(
+        "version: 1\n" + tier + "tenants:\n  b: {tier: t, agent: {burst: 9}}\n  c: {tier: t}\n"
+    )
+    (fixed,) = policy.tenant_rules["b"]
+    (adaptive,) = policy.tenant_rules["c"]
+    assert (fixed.capacity, fixed.adaptive) == (9.0, None)
+    assert adaptive.adaptive is not None and adaptive.capacity == 5.0
+    with pytest.raises(PolicyError) as info:
+        policy_from_text(
+            "version: 1\n" + tier + "tenants:\n  a: {tier: t, agent: {algorithm: fixed_window}}\n"
+        )
+    assert [str(p) for p in info.value.problems] == [
+        "<policy>:6: tenants.a.agent: merged with tier 't': adaptive_burst needs the gcra "
+        "algorithm, not fixed_window"
+    ]

@@ -205,7 +205,9 @@ async def test_example_policy_decides() -> None:
     policy = load_policy(EXAMPLES / "agentic.yaml")
     engine = Engine(policy, MemoryStore(), VirtualClock(0))
     d = await engine.decide(RequestContext("acme", "planner", "s1", tokens=4000, pool="openai"))
-    assert d.allowed and len(d.buckets) == 14  # 10 limits, retry budget, 3 breaker counters
+    # 10 limits, the agent's adaptive-burst demand counter, retry budget, 3 breaker counters
+    assert d.allowed and len(d.buckets) == 15
+    assert d.bursts == (("agent-requests", 30.0),)  # adaptive: min until demand is known
 
 
 async def test_max_defer_caps_how_far_a_waiting_call_reserves_ahead() -> None:

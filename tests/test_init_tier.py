@@ -138,3 +138,44 @@ def test_cli_token_issue(
     monkeypatch.setenv("SLUICEGATE_INIT_SECRET", "short")
     assert main(args) == 1
     assert "SLUICEGATE_INIT_SECRET" in capsys.readouterr().err
+
+
+TIGHT_TENANT = """
+version: 1
+default_tier: t
+init:
+  window: 60s
+  limits: {{requests: 600/min, burst: 30}}
+  aggregate: {{requests: 6000/min, burst: 1000}}
+  {tenant}
+  secret: {secret}
+tiers:
+  t:
+    tenant:  {{requests: 600/min, burst: 120}}
+    agent:   {{requests: 60/min, burst: 20}}
+"""
+
+
+@pytest.mark.parametrize("allowance", [False, True])
+async def test_an_init_tenant_allowance_lets_a_fleet_past_a_tight_tenant_plane(
+    store: Store, allowance: bool
+) -> None:
+    """Without ``init.tenant`` the tenant plane (burst 120) holds a fleet's start-up back;
+    with it the init calls use the tier's own tenant buckets, and the operational tenant
+    bucket is left untouched for the steady-state calls that follow."""
+    tenant = "tenant: {requests: 3000/min, burst: 1000}" if allowance else ""
+    policy = policy_from_text(TIGHT_TENANT.format(tenant=tenant, secret=SECRET))
+    clock = VirtualClock(1000.0)
+    engine = Engine(policy, store, clock, wall_clock=lambda: WALL + clock.now() - 1000.0)
+    admitted = 0
+    for i in range(50):
+        tok = token(f"c{i}")
+        for _ in range(20):
+            admitted += (await engine.decide(call(f"c{i}", tok))).allowed
+    if allowance:
+        assert admitted == 1000
+        d = await engine.decide(RequestContext("acme", "planner", workload_class="realtime"))
+        assert d.allowed and {b.name for b in d.buckets} >= {"tenant-requests"}
+        assert next(b for b in d.buckets if b.name == "tenant-requests").remaining == 119
+    else:
+        assert admitted == 120

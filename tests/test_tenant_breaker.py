@@ -94,7 +94,8 @@ pools:
 
 async def test_a_lone_tenant_on_an_uncontended_pool_is_not_tripped(store: Store) -> None:
     """Default ``pressure: 0.5``: the breaker acts only once the pool's calls over the window
-    reach half of what its request limit allows (300 in 30 s here)."""
+    reach half of what its request limit allows (300 in 30 s here), and only when another
+    tenant uses the pool too."""
     assert PRESSURE_POLICY.breakers["openai"].min_volume == 300
     alerts: list[dict[str, Any]] = []
     clock = VirtualClock(1000.0)
@@ -103,7 +104,13 @@ async def test_a_lone_tenant_on_an_uncontended_pool_is_not_tripped(store: Store)
         clock.advance(0.2)
         assert (await engine.decide(call("solo"))).allowed
     assert alerts == []
-    for _ in range(600):  # 40 s at 15/s: the pool is now under pressure
+    for _ in range(600):  # 40 s at 15/s: the pool is under pressure, but solo is alone on it
         clock.advance(1 / 15)
         await engine.decide(call("solo"))
+    assert alerts == []
+    for step in range(600):  # another tenant joins at 1/s: now there is someone to protect
+        clock.advance(1 / 15)
+        await engine.decide(call("solo"))
+        if step % 15 == 0:
+            await engine.decide(call("other"))
     assert [a["tenant"] for a in alerts] == ["solo"]

@@ -282,10 +282,13 @@ class Engine:
         if rules is None:
             return None
         if init and policy.init is not None:
-            # Cold-start tier: tenant limits still hold; the instance's init limits (keyed like a
-            # session: agent then instance) and the agent's aggregate init limits replace the
-            # agent and session planes. A scale event of ``scale`` instances raises the aggregate.
-            tenant_rules = tuple(r for r in rules if r.plane is Plane.TENANT)
+            # Cold-start tier: the instance's init limits (keyed like a session: agent then
+            # instance) and the agent's aggregate init limits replace the agent and session
+            # planes; the tenant plane holds, or the tier's own tenant allowance replaces it. A
+            # scale event of ``scale`` instances raises the aggregate.
+            tenant_rules = policy.init.tenant_rules
+            if tenant_rules is None:
+                tenant_rules = tuple(r for r in rules if r.plane is Plane.TENANT)
             aggregate = policy.init.aggregate_rules
             if scale:
                 aggregate = policy.init.prewarmed(scale)
@@ -668,8 +671,8 @@ class Engine:
         t_i, p_i, trip_i = plan.breaker_idx
         used = SHARE_COUNTER_LIMIT - result.remaining[t_i]
         total = SHARE_COUNTER_LIMIT - result.remaining[p_i]
-        if total < breaker.min_volume or used <= breaker.share * total:
-            return
+        if total < breaker.min_volume or used <= breaker.share * total or used >= total:
+            return  # not under pressure, not too much, or alone: nobody to protect
         # Only one call, on any replica, consumes the one-unit trip bucket: it alone alerts.
         trip = await self.store.apply(
             Batch([keys[trip_i]], [plan.limits[trip_i]], [1.0]), self.clock.now()

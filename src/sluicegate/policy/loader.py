@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from sluicegate.errors import PolicyError, PolicyProblem
 from sluicegate.policy.located import Loc, compose, dotted, line_for, read_text
+from sluicegate.policy.resolve import merge_problems
 from sluicegate.policy.schema import (
     AXES,
     AXIS_BURST_KEYS,
@@ -205,6 +206,9 @@ def load_policy_text(text: str, source: str = "<policy>") -> PolicySpec:
             problems.append(PolicyProblem(source, line, dotted(loc), _message(err, loc)))
     for loc, msg in _semantic(data):
         problems.append(PolicyProblem(source, line_for(loc, lines), dotted(loc), msg))
+    if spec is not None:
+        for loc, msg in merge_problems(spec):
+            problems.append(PolicyProblem(source, line_for(loc, lines), dotted(loc), msg))
     if problems or spec is None:
         raise PolicyError(_sorted(problems))
     return spec

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 from types import MappingProxyType
+from typing import Any
 
 from sluicegate.policy.schema import (
     AXIS_BURST_KEYS,
@@ -235,12 +236,44 @@ def plane_rules(plane: Plane, limits: PlaneLimits | None) -> list[Rule]:
 
 
 def _merge(base: PlaneLimits | None, override: PlaneLimits | None) -> PlaneLimits | None:
-    """Override wins key by key; keys it does not set keep the base's values."""
+    """Override wins key by key; keys it does not set keep the base's values. A fixed burst
+    and an adaptive one exclude each other, so whichever the override sets replaces the
+    other on that axis. Raises ``ValueError`` when the merged limits are still inconsistent
+    (e.g. an override's ``algorithm: fixed_window`` under the base's adaptive burst)."""
     if override is None:
         return base
     if base is None:
         return override
-    return base.model_copy(update={k: getattr(override, k) for k in override.model_fields_set})
+    update: dict[str, Any] = {k: getattr(override, k) for k in override.model_fields_set}
+    if "burst" in update:
+        update.setdefault("adaptive_burst", None)
+    if update.get("adaptive_burst") is not None:
+        update.setdefault("burst", None)
+    for axis, burst_key in AXIS_BURST_KEYS:
+        limit: AxisLimit | None = getattr(base, axis)
+        if burst_key in update and axis not in update and limit and limit.adaptive_burst:
+            update[axis] = limit.model_copy(update={"adaptive_burst": None})
+    merged = base.model_copy(update=update)
+    merged.check_adaptive()  # model_copy does not validate; the cross-field rule must still hold
+    return merged
+
+
+def merge_problems(spec: PolicySpec) -> list[tuple[tuple[str, ...], str]]:
+    """``(location, message)`` of every tenant whose overrides, merged onto its tier, are not a
+    valid set of limits (the loader reports them with their lines)."""
+    problems: list[tuple[tuple[str, ...], str]] = []
+    for name, tenant in spec.tenants.items():
+        tier = spec.tiers.get(tenant.tier)
+        for plane in PLANES:
+            override = getattr(tenant, plane)
+            if tier is None or override is None:
+                continue
+            try:
+                _merge(getattr(tier, plane), override)
+            except ValueError as exc:
+                message = f"merged with tier {tenant.tier!r}: {exc}"
+                problems.append((("tenants", name, plane), message))
+    return problems
 
 
 def planeset_rules(planes: PlaneSet) -> tuple[Rule, ...]:
@@ -325,6 +358,8 @@ class InitTier:
     instance_rules: tuple[Rule, ...]
     aggregate_rules: tuple[Rule, ...]
     marker: Limit
+    #: The tenant plane of init calls (``init.tenant``), or None: the tenant's own limits hold.
+    tenant_rules: tuple[Rule, ...] | None = None
 
     def prewarmed(self, instances: int) -> tuple[Rule, ...]:
         """The aggregate rules during a scale event of ``instances`` instances: on each axis the
@@ -360,13 +395,19 @@ def _init_tier(spec: PolicySpec) -> InitTier | None:
         Rule(r.plane, r.axis, r.limit, r.rate, "init", r.pool, r.shadow)
         for r in plane_rules(Plane.AGENT, init.aggregate)
     ]
+    tenant = None
+    if init.tenant is not None:
+        tenant = tuple(
+            Rule(r.plane, r.axis, r.limit, r.rate, "init", r.pool, r.shadow)
+            for r in plane_rules(Plane.TENANT, init.tenant)
+        )
     current = init.secret or os.environ.get(init.secret_env, "")
     previous = init.previous_secret or os.environ.get(init.previous_secret_env, "")
     secrets = tuple(s for s in (current, previous) if len(s.encode()) >= 32)
     marker = Limit(Algorithm.GCRA, init.max_token_ttl, 1.0)
     return InitTier(
         init.window, init.max_token_ttl, secrets, init.strict, tuple(scoped), tuple(aggregate),
-        marker,
+        marker, tenant,
     )  # fmt: skip
 
 

@@ -119,6 +119,12 @@ class PlaneLimits(StrictModel):
 
     @model_validator(mode="after")
     def _adaptive(self) -> PlaneLimits:
+        self.check_adaptive()
+        return self
+
+    def check_adaptive(self) -> None:
+        """Raise ``ValueError`` unless every adaptive burst here is usable (also run on merged
+        tenant overrides, which ``model_copy`` does not validate)."""
         if self.adaptive_burst is not None:
             if self.requests is None:
                 raise ValueError("adaptive_burst needs a requests limit on this plane")
@@ -133,7 +139,6 @@ class PlaneLimits(StrictModel):
                 adaptive = self.adaptive_burst
             burst = limit.burst if limit.burst is not None else getattr(self, burst_key)
             _check_adaptive(adaptive, burst, limit.algorithm or self.algorithm, burst_key)
-        return self
 
     def adaptive_for(self, axis: str) -> AdaptiveBurstSpec | None:
         """The adaptive burst of ``axis`` (the plane-level one belongs to requests)."""
@@ -220,7 +225,9 @@ class BreakerSpec(StrictModel):
     ``pressure`` keeps the breaker quiet on an uncontended pool: it acts only once the pool's
     calls over ``window`` reach that fraction of what the pool's request limit allows in the
     window (a lone tenant taking 100 % of an idle pool starves no one). ``0`` disables the
-    condition; a pool without a request limit uses ``min_volume`` alone."""
+    condition; a pool without a request limit uses ``min_volume`` alone. A tenant that is the
+    only one using the pool in the window is never tripped: there is no one to isolate it
+    from (the pool's own limits still hold)."""
 
     share: Annotated[float, Field(gt=0, le=1)] = 0.3
     window: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 60.0
@@ -269,7 +276,10 @@ class InitTierSpec(StrictModel):
     """The cold-start tier: an instance presenting a valid init token (``sluicegate token
     issue``) is limited by ``limits`` (per instance) and ``aggregate`` (all instances of one
     agent together) instead of the agent and session planes, for ``window`` seconds from the
-    token's first use; tenant and pool limits still apply. ``secret`` (and ``previous_secret``
+    token's first use; pool limits still apply, and so do the tenant plane's limits unless
+    ``tenant`` gives the tenant's starting instances (all its agents together) an allowance of
+    their own, in separate buckets: a tenant whose steady-state burst is 120 cannot otherwise
+    start a fleet of 50 instances making 20 calls each. ``secret`` (and ``previous_secret``
     during a rotation) sign the tokens (default: from ``SLUICEGATE_INIT_SECRET`` and
     ``SLUICEGATE_INIT_SECRET_PREVIOUS``, the variables ``sluicegate token issue`` reads).
     ``strict`` refuses a forged, expired, reused-too-late or foreign token with 401 instead of
@@ -278,6 +288,7 @@ class InitTierSpec(StrictModel):
     window: Annotated[float, BeforeValidator(parse_duration), Field(ge=30, le=120)] = 60.0
     limits: PlaneLimits
     aggregate: PlaneLimits | None = None
+    tenant: PlaneLimits | None = None
     #: The signing secret, inline (e.g. ``"${VAR}"``); when unset it is read from the
     #: environment variable named by ``secret_env`` when the policy is loaded. Secrets shorter
     #: than 32 bytes are ignored; with none, no token verifies (the tier stays closed).
