@@ -237,3 +237,37 @@ pools:
         ("scale_event", "acme", 10)
     ]
     assert 'sluicegate_scale_events_total{tenant="acme"} 1.0' in scrape
+
+
+async def test_adaptive_burst_in_headers_and_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory store: a session's burst starts at min and follows its demand; the header and
+    the admin status show it."""
+    monkeypatch.setenv("SG_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+    limits = """\
+tiers:
+  pro:
+    session:
+      requests: 600/min
+      adaptive_burst: {window: 60s, factor: 300, min: 5, max: 50}
+tenants:
+  acme: {tier: pro}
+pools:
+  openai: {requests: 1M/min}
+"""
+    async with mock_server() as mock:
+        policy = write_policy(tmp_path / "p.yaml", mock.mock_url or "", limits=limits)
+        async with running_gateway(policy) as gw, httpx.AsyncClient() as client:
+            session = {"x-agent-session": "s1"}
+            answers = [
+                await post(client, gw.url or "", "key-acme-planner", **session) for _ in range(3)
+            ]
+            bursts = [r.headers["x-ratelimit-burst"] for r in answers]
+            status = (await client.get(f"{gw.admin_url}/status", headers=ADMIN)).json()
+    # Unknown demand: min; 1 admitted call in the 60 s window x factor 300 / 60 = 5; then 10.
+    assert bursts == [f'"session-requests";b={b}' for b in (5, 5, 10)]
+    agentic = status["agentic"]
+    assert agentic["adaptive_bursts"][0]["limit"] == "session-requests"
+    assert agentic["adaptive_bursts"][0]["max"] == 50
+    assert agentic["adaptive_callers_tracked"] == 1 and agentic["breakers_open"] == []

@@ -610,6 +610,31 @@ class Engine:
             return None
         return event
 
+    def status(self) -> dict[str, Any]:
+        """What this replica knows of the agentic controls, for the admin status: the policy's
+        adaptive-burst limits (per tier and tenant), how many callers' demand it tracks, and the
+        tenant breakers it holds open."""
+        policy = self._policy
+        adaptive = []
+        for kind, table in (("tier", policy.tier_rules), ("tenant", policy.tenant_rules)):
+            for name, rules in sorted(table.items()):
+                for rule in rules:
+                    if (a := rule.adaptive) is not None:
+                        adaptive.append(
+                            {kind: name, "limit": rule.name, "rate": str(rule.rate),
+                             "window": a.window, "factor": a.factor, "min": a.min, "max": a.max}
+                        )  # fmt: skip
+        return {
+            "adaptive_bursts": adaptive,
+            "adaptive_callers_tracked": len(self._demand),
+            "breakers_open": [
+                {"tenant": t, "pool": p, "closes_in": round(left, 3)}
+                for (t, p), left in sorted(self.open_breakers().items())
+            ],
+            "retry_budget": self._policy.retry_budget is not None,
+            "init_tier": self._policy.init is not None,
+        }
+
     def open_breakers(self) -> dict[tuple[str, str], float]:
         """``(tenant, pool) -> seconds until it closes`` for the tenant breakers this replica
         knows to be open (it learns of a trip on another replica from its next call)."""

@@ -288,6 +288,7 @@ class GatewayServer:
             "routes": [r.model_dump() for r in config.routes],
             "upstreams": {n: u.url for n, u in config.upstreams.items()},
             "queues": self.gateway.queues(),
+            "agentic": self.engine.status(),
         }
 
     def install_signals(self, stop: asyncio.Event) -> None:
