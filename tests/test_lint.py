@@ -293,3 +293,15 @@ def test_no_color_env(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFix
     monkeypatch.setenv("NO_COLOR", "1")
     main(["lint", str(LINT / "sg101_session_above_agent.yaml")])
     assert "\033[" not in capsys.readouterr().out
+
+
+def test_convert_gives_starting_instances_a_tenant_allowance() -> None:
+    """SG105's fix is mechanical: ``init.tenant`` at the aggregate's rate and burst; the
+    converted policy validates, lints clean and lets the init tier hold its aggregate."""
+    path = LINT / "sg105_init_held_by_tenant.yaml"
+    result = convert(build_doc(path.read_text(), str(path)))
+    assert [f.code for f in result.fixed] == ["SG105"] and result.remaining == []
+    assert result.data["init"]["tenant"] == {"requests": "3k/min", "burst": 1000}
+    policy = policy_from_text(result.text)
+    assert policy.init is not None and policy.init.tenant_rules is not None
+    assert policy.init.tenant_rules[0].capacity == 1000

@@ -14,7 +14,7 @@ a sluicegate policy document whose line map points into the original file, so th
 lines of the Kong / envoy / LiteLLM file.
 
 Keys the core schema may not know yet (``routes``, ``upstreams``, ``gateway``, ``identity``,
-``retry_budget``, ``init``, ``alerts``; a pool's ``breaker``; a tier's ``adaptive_burst``) are
+``retry_budget``, ``init``, ``alerts``; a pool's ``breaker``) are
 accepted here: those the schema lacks (checked at run time, :func:`supports`) are set aside for
 validation and read from the raw document. So SG003 and SG007 fire on any policy without
 ``retry_budget`` / ``init``, whether or not the schema has them yet.
@@ -35,7 +35,7 @@ from sluicegate.errors import PolicyError, PolicyProblem
 from sluicegate.policy.lint_yaml import Loc, LocatedError, dotted, line_for, load_located
 from sluicegate.policy.loader import load_policy_text
 from sluicegate.policy.resolve import Policy, resolve
-from sluicegate.policy.schema import PolicySpec, PoolSpec, TierSpec
+from sluicegate.policy.schema import PolicySpec, PoolSpec
 
 
 class Severity(StrEnum):
@@ -215,6 +215,15 @@ RULES: dict[str, RuleInfo] = {
             "Unreachable tier",
             "A tier that no tenant uses and that is not the default_tier is dead config.",
         ),
+        _rule(
+            "SG105",
+            "init-held-by-tenant",
+            W,
+            "Init aggregate above the tenant plane",
+            "Init calls still pass the tenant plane unless init.tenant gives them an allowance "
+            "of their own, so an init aggregate larger than a tenant's burst can never be used: "
+            "the fleet start is held to the tenant's steady-state burst.",
+        ),
     )
 }
 del W, E
@@ -240,19 +249,14 @@ class LintOptions:
 
 #: Top-level keys accepted by the linter though the core schema may not have them yet.
 FUTURE_TOP_KEYS = ("routes", "upstreams", "gateway", "identity", "retry_budget", "init", "alerts")
-_FUTURE_NESTED = (
-    (re.compile(r"^pools\.[^.\[]+\.breaker(\.|\[|$)"), "pools", "breaker", PoolSpec),
-    (re.compile(r"^tiers\.[^.\[]+\.adaptive_burst(\.|\[|$)"), "tiers", "adaptive_burst", TierSpec),
-)
+_FUTURE_NESTED = ((re.compile(r"^pools\.[^.\[]+\.breaker(\.|\[|$)"), "pools", "breaker", PoolSpec),)
 
 
 def supports(key: str) -> bool:
-    """Whether the core schema already accepts ``key`` (top level, or ``breaker`` /
-    ``adaptive_burst``); fixes that need an unsupported key are left as to-do comments."""
+    """Whether the core schema already accepts ``key`` (top level, or ``breaker``); fixes that
+    need an unsupported key are left as to-do comments."""
     if key == "breaker":
         return "breaker" in PoolSpec.model_fields
-    if key == "adaptive_burst":
-        return "adaptive_burst" in TierSpec.model_fields
     return key in PolicySpec.model_fields
 
 

@@ -41,7 +41,7 @@ ROUNDS: tuple[frozenset[str], ...] = (
     frozenset({"SG001"}),
     frozenset({"SG004"}),
     frozenset({"SG005", "SG003", "SG007"}),
-    frozenset({"SG101", "SG102", "SG103"}),
+    frozenset({"SG101", "SG102", "SG103", "SG105"}),
 )
 
 

@@ -619,6 +619,43 @@ def check_unreachable(doc: LintDoc, opts: LintOptions) -> list[Finding]:
     return out
 
 
+def check_init_held(doc: LintDoc, opts: LintOptions) -> list[Finding]:
+    """SG105: without ``init.tenant``, init calls pass the tenant plane, so an aggregate burst
+    above a tier's tenant burst is out of reach for that tier's fleets."""
+    init = doc.policy.init
+    if init is None or init.tenant_rules is not None:
+        return []
+    aggregate = {r.axis: r for r in init.aggregate_rules}
+    agg = aggregate.get(Axis.REQUESTS)
+    if agg is None or agg.rate is None:
+        return []
+    held = []
+    for tier in _reachable_tiers(doc):
+        tenant = _rule_map(doc.policy.tier_rules[tier]).get((Plane.TENANT, Axis.REQUESTS))
+        if tenant is not None and tenant.capacity < agg.capacity:
+            held.append((tier, tenant.capacity))
+    if not held:
+        return []
+    tiers = ", ".join(f"{t!r} ({format_count(c)})" for t, c in held)
+    allowance = {
+        "requests": rate_text(agg.rate.count, agg.rate.period),
+        "burst": _count(agg.capacity),
+    }
+    patches = [Patch(("init", "tenant"), allowance)]
+    return [
+        doc.finding(
+            "SG105",
+            ("init", "aggregate"),
+            f"the init aggregate holds {format_count(agg.capacity)} calls, but init calls also "
+            f"pass the tenant plane, whose burst is smaller in tier {tiers}: a fleet start is "
+            "held to the tenant's steady-state burst",
+            f"give starting instances a tenant allowance of their own: `init: {{tenant: "
+            f"{{requests: {allowance['requests']}, burst: {allowance['burst']}}}}}`",
+            patches,
+        )
+    ]
+
+
 Check = Callable[[LintDoc, LintOptions], list[Finding]]
 CHECKS: tuple[Check, ...] = (
     check_one_plane,
@@ -631,4 +668,5 @@ CHECKS: tuple[Check, ...] = (
     check_inverted,
     check_capacities,
     check_unreachable,
+    check_init_held,
 )
