@@ -134,3 +134,19 @@ async def test_an_unknown_tenant_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown tenant 'nobody'"):
         await engine.add_scale_event("nobody", "worker", 5, 60)
     assert (await engine.add_scale_event("acme", "worker", 5, 60)).tenant == "acme"
+
+
+async def test_the_event_also_prewarms_the_tiers_tenant_allowance(store: Store) -> None:
+    """With ``init.tenant`` (here the tighter budget: burst 200) the event raises it too."""
+    text = POLICY.replace(
+        "aggregate: {requests: 600/min, burst: 200}",
+        "aggregate: {requests: 6000/min, burst: 2000}\n  tenant: {requests: 600/min, burst: 200}",
+    )
+    clock = VirtualClock(1000.0)
+    engine = Engine(
+        policy_from_text(text), store, clock, wall_clock=lambda: WALL + clock.now() - 1000.0
+    )
+    assert 200 <= await start_fleet(engine, "a") < 300
+    clock.advance(120.0)
+    await engine.add_scale_event("acme", "worker", 50, 60)
+    assert await start_fleet(engine, "b") == 1000

@@ -186,8 +186,9 @@ def _scale_key(tenant: str, agent: str) -> str:
 @dataclass(frozen=True, slots=True)
 class ScaleEvent:
     """An announced fleet start: ``instances`` new instances of ``agent`` during the next
-    ``window`` seconds. While it lasts, the init tier's aggregate budget of that agent holds
-    at least ``instances`` times the per-instance init limits (rate and burst), so the whole
+    ``window`` seconds. While it lasts, the init tier's aggregate budget of that agent (and the
+    tier's tenant allowance, if any) holds at least ``instances`` times the per-instance init
+    limits (rate and burst), so the whole
     fleet's initialization gets through at once; afterwards the aggregate is the policy's again.
     Times are wall-clock seconds, because every replica must agree on them."""
 
@@ -286,12 +287,15 @@ class Engine:
             # instance) and the agent's aggregate init limits replace the agent and session
             # planes; the tenant plane holds, or the tier's own tenant allowance replaces it. A
             # scale event of ``scale`` instances raises the aggregate.
-            tenant_rules = policy.init.tenant_rules
-            if tenant_rules is None:
-                tenant_rules = tuple(r for r in rules if r.plane is Plane.TENANT)
-            aggregate = policy.init.aggregate_rules
+            tier = policy.init
+            tenant_rules = tier.tenant_rules
+            aggregate = tier.aggregate_rules
             if scale:
-                aggregate = policy.init.prewarmed(scale)
+                aggregate = tier.prewarmed(aggregate, scale)
+                if tenant_rules is not None:
+                    tenant_rules = tier.prewarmed(tenant_rules, scale)
+            if tenant_rules is None:  # no allowance of the tier's own: the tenant plane holds
+                tenant_rules = tuple(r for r in rules if r.plane is Plane.TENANT)
             rules = tenant_rules + aggregate + policy.init.instance_rules
         elif not has_session:
             rules = tuple(r for r in rules if r.plane is not Plane.SESSION)

@@ -361,16 +361,18 @@ class InitTier:
     #: The tenant plane of init calls (``init.tenant``), or None: the tenant's own limits hold.
     tenant_rules: tuple[Rule, ...] | None = None
 
-    def prewarmed(self, instances: int) -> tuple[Rule, ...]:
-        """The aggregate rules during a scale event of ``instances`` instances: on each axis the
-        instance limits also have, rate and burst become at least ``instances`` times the
-        instance's. Same buckets (same keys), so the pre-warm takes effect at once (GCRA keeps no
-        capacity in its state), and when the event ends the bucket simply continues under the
-        policy's own rate and burst: a call admitted just before the end is paid back at that
-        rate, so the fleet never gets more than the event granted plus the policy's aggregate."""
+    def prewarmed(self, rules: tuple[Rule, ...], instances: int) -> tuple[Rule, ...]:
+        """``rules`` (the aggregate, or the tier's tenant allowance) during a scale event of
+        ``instances`` instances: on each axis the instance limits also have, rate and burst
+        become at least ``instances`` times the instance's. Same buckets (same keys), so the
+        pre-warm takes effect at once (GCRA keeps no capacity in its state; other agents'
+        calls on a shared tenant allowance are still checked against its own burst), and when
+        the event ends the bucket simply continues under the policy's own rate and burst: a
+        call admitted just before the end is paid back at that rate, so the fleet never gets
+        more than the event granted plus the policy's own budget."""
         per_axis = {r.axis: r for r in self.instance_rules if r.rate is not None}
         out = []
-        for rule in self.aggregate_rules:
+        for rule in rules:
             one = per_axis.get(rule.axis)
             if one is None or rule.rate is None or one.rate is None:
                 out.append(rule)
