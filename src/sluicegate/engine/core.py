@@ -125,6 +125,8 @@ class _Plan:
     shadow: _Plan | None = None
     #: Adaptive-burst limits: (index of the limit, index of its demand counter, its settings).
     adaptive: tuple[tuple[int, int, AdaptiveBurst], ...] = ()
+    #: ``(kind, prefix, suffix)`` per bucket: what :func:`_keys_and_costs` joins.
+    key_parts: tuple[tuple[int, str, str], ...] = ()
 
 
 _EMPTY_RESULT = BatchResult(True, 0.0, (), (), ())
@@ -142,31 +144,22 @@ def _keys_and_costs(
     """The bucket keys and costs of one call under ``plan``. ``retry`` is the retry-budget
     cost: 1 for a retry, minus the deposit for an original call; ``hits`` weighs requests and
     cost units (``units`` is already weighted)."""
-    slot = 1.0 if hits else 0.0
-    keys: list[str] = []
-    costs: list[float] = []
-    for kind, prefix, suffix, cost_kind in zip(
-        plan.kinds, plan.prefixes, plan.suffixes, plan.cost_kinds, strict=True
-    ):
-        if kind == _TENANT or kind == _POOL:
-            keys.append(prefix)
-        elif kind == _AGENT:
-            keys.append(f"{prefix}{agent}{suffix}")
-        else:
-            keys.append(f"{prefix}{agent_session}{suffix}")
-        if cost_kind == _ONE:
-            costs.append(hits)
-        elif cost_kind == _SLOT:
-            costs.append(slot)
-        elif cost_kind == _ZERO:
-            costs.append(0.0)
-        elif cost_kind == _TOKENS:
-            costs.append(tokens)
-        elif cost_kind == _UNITS:
-            costs.append(units)
-        else:
-            costs.append(retry)
-    return keys, costs
+    # Indexed by the cost kinds _ONE, _TOKENS, _UNITS, _RETRY, _SLOT, _ZERO.
+    values = (hits, tokens, units, retry, 1.0 if hits else 0.0, 0.0)
+    keys = [
+        prefix if kind == _TENANT or kind == _POOL
+        else prefix + agent + suffix if kind == _AGENT
+        else prefix + agent_session + suffix
+        for kind, prefix, suffix in plan.key_parts
+    ]  # fmt: skip
+    return keys, [values[k] for k in plan.cost_kinds]
+
+
+def _sync_apply(store: Store) -> Callable[[Batch, float], BatchResult] | None:
+    """A store's synchronous ``apply`` when it has one (the memory store: its ``apply`` never
+    suspends), so the hot path skips creating and driving a coroutine per decision."""
+    apply_sync = getattr(store, "apply_sync", None)
+    return apply_sync if callable(apply_sync) else None
 
 
 def bucket_prefix(tenant: str) -> str:
@@ -232,7 +225,8 @@ class Engine:
         on_alert: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._policy = policy
-        self.store = store
+        self._store = store
+        self._apply_now = _sync_apply(store)
         self.clock: Clock = clock or MonotonicClock()
         #: Wall-clock seconds, only for init tokens' issue and expiry times.
         self.wall_clock = wall_clock
@@ -255,6 +249,15 @@ class Engine:
     def policy(self, policy: Policy) -> None:
         self._policy = policy
         self._plans = {}
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @store.setter
+    def store(self, store: Store) -> None:
+        self._store = store
+        self._apply_now = _sync_apply(store)
 
     def resolve_class(self, requested: str | None) -> tuple[str | None, str | None]:
         """``(class, warning)``; class is None when the policy rejects an unknown class."""
@@ -361,10 +364,11 @@ class Engine:
             for i, j in zip(limit_idx, counter_idx, strict=True)
             if (a := rules[i].adaptive) is not None
         )
+        kinds = tuple(_PLANE_KIND[r.plane] for r in rules)
         return _Plan(
             rules=rules,
             limits=tuple(r.limit for r in rules),
-            kinds=tuple(_PLANE_KIND[r.plane] for r in rules),
+            kinds=kinds,
             prefixes=tuple(prefixes),
             suffixes=tuple(suffixes),
             cost_kinds=cost_kinds,
@@ -381,6 +385,7 @@ class Engine:
             trace_prefix=f"{head}x:",
             shadow=shadow,
             adaptive=adaptive,
+            key_parts=tuple(zip(kinds, prefixes, suffixes, strict=True)),
         )
 
     def _new_id(self) -> str:
@@ -485,9 +490,11 @@ class Engine:
             )
         try:
             if keys:
-                result = await self.store.apply(
-                    Batch(keys, limits, costs, max_wait, reservation), self.clock.now()
-                )
+                batch = Batch(keys, limits, costs, max_wait, reservation)
+                if self._apply_now is not None:  # the memory store: no coroutine needed
+                    result = self._apply_now(batch, self.clock.now())
+                else:
+                    result = await self._store.apply(batch, self.clock.now())
             else:
                 result = _EMPTY_RESULT
             if plan.adaptive:
