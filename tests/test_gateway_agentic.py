@@ -271,3 +271,39 @@ pools:
     assert agentic["adaptive_bursts"][0]["limit"] == "session-requests"
     assert agentic["adaptive_bursts"][0]["max"] == 50
     assert agentic["adaptive_callers_tracked"] == 1 and agentic["breakers_open"] == []
+
+
+async def test_scale_event_cli_against_a_running_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sluicegate.cli import main
+
+    monkeypatch.setenv("SLUICEGATE_INIT_SECRET", SECRET)
+    monkeypatch.setenv("SG_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+    limits = """\
+init:
+  window: 60s
+  limits: {requests: 600/min, burst: 20}
+  aggregate: {requests: 60/min, burst: 50}
+tiers:
+  pro:
+    tenant: {requests: 100k/min, burst: 5000}
+tenants:
+  acme: {tier: pro}
+pools:
+  openai: {requests: 1M/min}
+"""
+    async with mock_server() as mock:
+        policy = write_policy(tmp_path / "p.yaml", mock.mock_url or "", limits=limits)
+        async with running_gateway(policy) as gw:
+            base = ["scale-event", "--admin", gw.admin_url or "", "--token-env"]
+            post_args = [*base, "SG_TEST_ADMIN_TOKEN", "--tenant", "acme", "--agent", "worker"]
+            # The CLI is synchronous: run it off the loop that serves the gateway.
+            code = await asyncio.to_thread(main, [*post_args, "--instances", "8"])
+            assert code == 0 and '"instances": 8' in capsys.readouterr().out
+            code = await asyncio.to_thread(main, [*base, "SG_TEST_ADMIN_TOKEN", "--list"])
+            assert code == 0 and '"agent": "worker"' in capsys.readouterr().out
+            code = await asyncio.to_thread(main, [*post_args, "--instances", "0"])
+            assert code == 1 and "instances must be between" in capsys.readouterr().err
+            code = await asyncio.to_thread(main, [*base, "NO_SUCH_VAR", "--list"])
+            assert code == 2 and "admin token" in capsys.readouterr().err

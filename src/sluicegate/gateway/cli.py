@@ -1,4 +1,5 @@
-"""``sluicegate serve`` and ``sluicegate mock-upstream``; ``register(subparsers)`` adds both.
+"""``sluicegate serve``, ``sluicegate mock-upstream`` and ``sluicegate scale-event``;
+``register(subparsers)`` adds them.
 
 Kept here (not in :mod:`sluicegate.cli`) so the core CLI imports no web server: the gateway
 modules are imported only when one of these commands runs.
@@ -7,6 +8,8 @@ modules are imported only when one of these commands runs.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from typing import Any
 
@@ -41,8 +44,45 @@ def _cmd_mock(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scale_event(args: argparse.Namespace) -> int:
+    """Announce a fleet start to a running gateway's admin API (or list the active ones)."""
+    import httpx
+
+    token = os.environ.get(args.token_env, "")
+    if not token:
+        print(f"sluicegate scale-event: set ${args.token_env} to the admin token", file=sys.stderr)
+        return 2
+    url = args.admin.rstrip("/") + "/admin/scale-events"
+    headers = {"authorization": f"Bearer {token}"}
+    try:
+        if args.list:
+            response = httpx.get(url, headers=headers, timeout=10.0)
+        else:
+            names = ("tenant", "agent", "instances")
+            missing = [f"--{n}" for n in names if getattr(args, n) in (None, "")]
+            if missing:
+                print(f"sluicegate scale-event: {', '.join(missing)} required", file=sys.stderr)
+                return 2
+            body: dict[str, Any] = {
+                "tenant": args.tenant, "agent": args.agent, "instances": args.instances,
+            }  # fmt: skip
+            if args.window:
+                body["window"] = args.window
+            response = httpx.post(url, json=body, headers=headers, timeout=10.0)
+    except httpx.HTTPError as exc:
+        print(f"sluicegate scale-event: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        doc = response.json()
+    except ValueError:
+        doc = {"error": response.text[:500]}
+    out = sys.stdout if response.is_success else sys.stderr
+    print(json.dumps(doc, indent=2, sort_keys=True), file=out)
+    return 0 if response.is_success else 1
+
+
 def register(subparsers: Any) -> None:
-    """Add ``serve`` and ``mock-upstream`` to the ``sluicegate`` command's subparsers."""
+    """Add ``serve``, ``mock-upstream`` and ``scale-event`` to the command's subparsers."""
     s = subparsers.add_parser(
         "serve",
         help="run the gateway (reverse proxy + admin API)",
@@ -72,3 +112,23 @@ def register(subparsers: Any) -> None:
     )
     m.add_argument("--listen", default="127.0.0.1:9900", help="HOST:PORT (default 127.0.0.1:9900)")
     m.set_defaults(func=_cmd_mock)
+
+    e = subparsers.add_parser(
+        "scale-event",
+        help="announce a fleet start to a running gateway (pre-warms the init tier)",
+        description="POST /admin/scale-events: for WINDOW, the agent's init aggregate holds "
+        "INSTANCES times the per-instance init limits. --list shows the active events. The "
+        "admin token is read from the environment.",
+    )
+    e.add_argument("--admin", default="http://127.0.0.1:8081", help="admin API base URL")
+    e.add_argument("--tenant")
+    e.add_argument("--agent")
+    e.add_argument("--instances", type=int)
+    e.add_argument("--window", help="how long it lasts, e.g. 90s (default: the init window)")
+    e.add_argument("--list", action="store_true", help="list the active scale events")
+    e.add_argument(
+        "--token-env",
+        default="SLUICEGATE_ADMIN_TOKEN",
+        help="environment variable holding the admin token (default SLUICEGATE_ADMIN_TOKEN)",
+    )
+    e.set_defaults(func=_cmd_scale_event)
