@@ -11,12 +11,15 @@ here on a free port, ``--save "" --appendonly no``), on the same machine as the 
   64: the library peer (6 round trips, and not atomic across the 6 limits);
 * ``redis-benchmark -c 50`` running the very same EVALSHA: the server-side ceiling;
 * Redis memory per active session and per open reservation (``INFO memory`` before and after
-  creating 20,000 of them).
+  creating 20,000 of them);
+* ``Engine`` + ``RedisClusterStore`` on a 3-master cluster (started here, no replicas) at
+  concurrency 64, with and without micro-batching (calls grouped per primary, one pipelined
+  round trip per group and node).
 
 The headline pair (sluicegate c=64 micro-batched, ``limits`` c=64) is measured twice, interleaved,
 and each side's best run is kept: this machine's speed drifts by tens of percent within a minute.
 
-Run: ``.venv/bin/python bench/redis_decisions.py [--seconds 3]``; finishes in ~35 s. The last
+Run: ``.venv/bin/python bench/redis_decisions.py [--seconds 3]``; finishes in ~45 s. The last
 line is machine-readable.
 """
 
@@ -43,6 +46,7 @@ from sluicegate.engine import Engine, RequestContext
 from sluicegate.policy import policy_from_text
 from sluicegate.stores.base import Algorithm, Limit
 from sluicegate.stores.redis import RedisStore
+from sluicegate.stores.redis_cluster import RedisClusterStore
 from sluicegate.stores.redis_scripts import APPLY, Codec
 
 TENANTS = 100
@@ -100,6 +104,61 @@ def start_redis() -> tuple[int, subprocess.Popen[bytes]]:
     return port, proc
 
 
+def start_cluster(masters: int = 3) -> str:
+    """A cluster of ``masters`` nodes, no replicas (``redis-cli --cluster create``): its URL."""
+    exe, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if exe is None or cli is None:
+        raise SystemExit("redis-server / redis-cli not found (apt-get install redis-server)")
+    ports: list[int] = []
+    while len(ports) < masters:  # the cluster bus listens on port + 10000
+        port = random.randrange(20000, 30000)
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
+    for port in ports:
+        workdir = tempfile.mkdtemp(prefix="sg-bench-cluster-")
+        proc = subprocess.Popen(
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+             "--dir", workdir, "--logfile", os.path.join(workdir, "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+
+        def stop(proc: subprocess.Popen[bytes] = proc, workdir: str = workdir) -> None:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+        atexit.register(stop)
+    for port in ports:
+        client = redis.Redis(port=port)
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        client.close()
+    subprocess.run(
+        [cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-yes"],
+        capture_output=True, check=True, timeout=30,
+    )  # fmt: skip
+    for port in ports:
+        client = redis.Redis(port=port)
+        for _ in range(500):
+            if client.cluster("INFO").get("cluster_state") == "ok":  # type: ignore[no-untyped-call]
+                break
+            time.sleep(0.02)
+        client.close()
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+
+
 # -- workloads -------------------------------------------------------------------------------------
 
 
@@ -140,7 +199,12 @@ def pct(latencies: list[float], q: float) -> float:
 async def bench_engine(
     url: str, concurrency: int, micro_batch: bool, seconds: float
 ) -> tuple[float, list[float], float]:
-    store = RedisStore.from_url(url, timeout=5.0, micro_batch=micro_batch)
+    store: RedisStore | RedisClusterStore
+    if url.startswith("redis+cluster://"):
+        store = RedisClusterStore.from_url(url, timeout=5.0, micro_batch=micro_batch)
+        await store.ping()
+    else:
+        store = RedisStore.from_url(url, timeout=5.0, micro_batch=micro_batch)
     engine = Engine(policy_from_text(POLICY), store)
     ctxs = [
         RequestContext(t, a, s, workload_class="realtime", tokens=TOKENS)
@@ -281,6 +345,10 @@ async def main_async(seconds: float) -> None:
     ceiling = bench_ceiling(port, seconds)
     per_session, per_record = await memory_per_session(url, port, 20_000)
     flush.close()
+    cluster_url = start_cluster()
+    cluster_rows = {
+        micro: await bench_engine(cluster_url, 64, micro, seconds) for micro in (False, True)
+    }
 
     print(f"sluicegate Engine + RedisStore, 6 GCRA buckets per decision, {seconds:g}s per row")
     for name, (rate, lat, per_trip) in rows.items():
@@ -300,9 +368,20 @@ async def main_async(seconds: float) -> None:
         f"per open reservation record: {per_record:,.0f} bytes"
     )
     print(f"ratios: x{best / limits_rate:.1f} limits, {best / ceiling:.2f} of ceiling")
+    print("sluicegate Engine + RedisClusterStore (3 masters), single-slot decisions, c=64")
+    for micro, (rate, lat, per_trip) in cluster_rows.items():
+        name = f"micro_batch={'on' if micro else 'off'}"
+        print(
+            f"  {name:<24} {rate:9,.0f} decisions/s   p50 {pct(lat, 0.5):6.2f} ms   "
+            f"p99 {pct(lat, 0.99):6.2f} ms   {per_trip:5.1f} decisions/round trip"
+        )
+    cluster_best, cluster_unbatched = cluster_rows[True][0], cluster_rows[False][0]
+    cluster_ratio = cluster_best / cluster_unbatched
+    print(f"  micro-batching on the cluster at c=64: x{cluster_ratio:.2f}")
     print(
         f"decisions_per_s={best:.0f} ratio_vs_limits={best / limits_rate:.1f} "
-        f"ratio_vs_ceiling={best / ceiling:.2f}"
+        f"ratio_vs_ceiling={best / ceiling:.2f} cluster_decisions_per_s={cluster_best:.0f} "
+        f"cluster_batch_ratio={cluster_ratio:.2f}"
     )
 
 

@@ -33,10 +33,11 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aredis
 from redis import exceptions as rexc
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -72,7 +73,10 @@ DEFAULT_TIMEOUT = 0.05
 
 
 class _Call:
-    __slots__ = ("script", "numkeys", "args", "future")
+    """One script call waiting for its round trip. ``asking`` sends ``ASKING`` first (a
+    cluster ``ASK`` redirect); ``redirects`` counts how often it was re-routed."""
+
+    __slots__ = ("script", "numkeys", "args", "future", "asking", "redirects")
 
     def __init__(
         self, script: LuaScript, numkeys: int, args: Sequence[Any], future: asyncio.Future[Any]
@@ -81,34 +85,84 @@ class _Call:
         self.numkeys = numkeys
         self.args = args
         self.future = future
+        self.asking = False
+        self.redirects = 0
+
+
+class _Connections(Protocol):
+    """Where a :class:`_Pipeliner` gets its connections: a standalone client's pool, or one
+    Redis Cluster node's."""
+
+    async def acquire(self) -> Connection: ...
+
+    async def release(self, conn: Connection) -> None: ...
+
+    async def failed(self, exc: BaseException) -> None:
+        """A round trip failed with ``exc`` (not a reply: the connection or the clock)."""
+
+
+class _PoolConnections:
+    """A standalone client's pool. After a connection error the pool's idle connections are
+    closed too: after a restart they are all dead, and each would fail one more call (and
+    flap the failover state) before being replaced."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self._client = client
+
+    async def acquire(self) -> Connection:
+        conn: Connection = await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        return conn
+
+    async def release(self, conn: Connection) -> None:
+        await self._client.connection_pool.release(conn)
+
+    async def failed(self, exc: BaseException) -> None:
+        if isinstance(exc, rexc.ConnectionError | OSError):
+            await _drop_idle_connections(self._client)
+
+
+#: ``redirect(call, error_reply) -> bool``: take over a call whose reply was an error (a
+#: cluster redirect: the script did not run); False lets the call fail with the error.
+Redirect = Callable[[_Call, BaseException], bool]
 
 
 class _Pipeliner:
-    """Coalesces concurrent script calls into pipelined round trips.
+    """Coalesces concurrent script calls into pipelined round trips on one server.
 
     A call is queued; a flush is scheduled with ``call_soon`` so every call issued in the same
     loop tick joins it. At most ``max_inflight`` pipelines are on the wire at once; calls that
     arrive meanwhile wait and leave together with the next one (Nagle-style), so batches grow
     with load and a lone call pays one loop tick, not a timer. Calls whose caller already gave
     up (timed out, cancelled) are dropped before sending.
+
+    The server is whatever ``connections`` hands out: the standalone store has one pipeliner
+    on its client's pool, the cluster store one per primary on that node's pool. A reply that
+    is an error goes to ``redirect`` first (the cluster re-routes MOVED / ASK / TRYAGAIN,
+    which mean the script did not run); NOSCRIPT is handled here (SCRIPT LOAD, then the same
+    calls once more). Nothing is ever re-sent after a connection error or a timeout: the
+    script may have run.
     """
 
     def __init__(
         self,
-        client: aredis.Redis,
+        connections: _Connections,
         address: str,
         *,
         max_batch: int,
         max_inflight: int,
         max_pending: int,
         read_timeout: float,
+        redirect: Redirect | None = None,
     ) -> None:
-        self._client = client
+        self._connections = connections
         self._read_timeout = read_timeout
         self._address = address
         self._max_batch = max_batch
         self._max_inflight = max_inflight
         self._max_pending = max_pending
+        self._redirect = redirect
         self._pending: list[_Call] = []
         self._inflight = 0
         self._scheduled = False
@@ -118,17 +172,25 @@ class _Pipeliner:
         self.script_loads = 0
 
     def submit(self, script: LuaScript, numkeys: int, args: Sequence[Any]) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        if len(self._pending) >= self._max_pending:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.enqueue(_Call(script, numkeys, args, future))
+        return future
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing on the wire."""
+        return not self._pending and self._inflight == 0
+
+    def enqueue(self, call: _Call, *, check: bool = True) -> None:
+        """Queue ``call`` (``check``: refuse it when ``max_pending`` calls already wait)."""
+        if check and len(self._pending) >= self._max_pending:
             raise StoreUnavailable(
                 f"redis at {self._address}: {len(self._pending)} calls already queued"
             )
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Call(script, numkeys, args, future))
+        self._pending.append(call)
         if not self._scheduled and self._inflight < self._max_inflight:
             self._scheduled = True
-            loop.call_soon(self._flush)
-        return future
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -159,14 +221,15 @@ class _Pipeliner:
                     call.future.set_exception(err)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            if isinstance(exc, rexc.ConnectionError | OSError):
-                await _drop_idle_connections(self._client)
+            await self._connections.failed(exc)
         else:
+            redirect = self._redirect
             for call, reply in zip(batch, replies, strict=True):
                 if call.future.done():
                     continue
                 if isinstance(reply, BaseException):
-                    call.future.set_exception(convert_error(reply, self._address))
+                    if redirect is None or not redirect(call, reply):
+                        call.future.set_exception(convert_error(reply, self._address))
                 else:
                     call.future.set_result(reply)
         finally:
@@ -176,53 +239,68 @@ class _Pipeliner:
                 asyncio.get_running_loop().call_soon(self._flush)
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
-        """One pipelined round trip; NOSCRIPT replies (a restarted or promoted server) get
-        SCRIPT LOAD and are re-sent. NOSCRIPT means the call did not run, so this is safe."""
+        """One pipelined round trip; NOSCRIPT replies (a restarted, flushed or promoted server)
+        are re-sent behind a SCRIPT LOAD of their scripts, in one more round trip on the same
+        server. NOSCRIPT means the call did not run, so this is safe."""
         self.round_trips += 1
         self.calls += len(batch)
-        replies = await self._pipeline(batch)
+        replies, _ = await self._pipeline(batch)
         missing = [i for i, r in enumerate(replies) if isinstance(r, rexc.NoScriptError)]
         if missing:
-            for script in {batch[i].script for i in missing}:
-                await self._client.script_load(script.text)
-                self.script_loads += 1
-            again = await self._pipeline([batch[i] for i in missing])
+            scripts = list({batch[i].script.sha: batch[i].script for i in missing}.values())
+            self.script_loads += len(scripts)
+            again, loaded = await self._pipeline([batch[i] for i in missing], scripts)
+            failed = next((r for r in loaded if isinstance(r, BaseException)), None)
             for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
+                # A failed load explains the NOSCRIPT that follows it better than NOSCRIPT.
+                stuck = failed is not None and isinstance(reply, rexc.NoScriptError)
+                replies[i] = failed if stuck else reply
         return replies
 
-    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
-        """Send the calls back to back on one pooled connection and read their replies.
+    async def _pipeline(
+        self, batch: list[_Call], load: Sequence[LuaScript] = ()
+    ) -> tuple[list[Any], list[Any]]:
+        """Send the calls back to back on one pooled connection (after ``SCRIPT LOAD`` of
+        ``load``) and read their replies: ``(call replies, load replies)``, error replies as
+        exceptions.
 
         This is what redis-py's ``Pipeline(transaction=False)`` does, minus its per-argument
         encoding in Python: the arguments are already strings, and hiredis packs the whole
         command in C (a third of the client's CPU at concurrency 64 went to that encoding).
         """
-        pool = self._client.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", s.text) for s in load]
+        keep = [False] * len(load)  # which replies are the calls' (not SCRIPT LOAD, ASKING)
+        for c in batch:
+            if c.asking:
+                commands.append(("ASKING",))
+                keep.append(False)
+            commands.append(("EVALSHA", c.script.sha, c.numkeys, *c.args))
+            keep.append(True)
+        conn = await self._connections.acquire()
         try:
-            commands = [("EVALSHA", c.script.sha, c.numkeys, *c.args) for c in batch]
             if _pack is not None:
                 payload: Any = b"".join([_pack(cmd) for cmd in commands])
             else:  # pragma: no cover - hiredis is part of the redis extra
                 payload = conn.pack_commands(commands)
-            replies: list[Any] = []
+            raw: list[Any] = []
             # One deadline for the whole round trip instead of redis-py's per-reply timer (a
             # third of the read cost); it frees the connection if the server stops answering.
             async with asyncio.timeout(self._read_timeout):
                 await conn.send_packed_command(payload, check_health=False)
                 for _ in commands:
                     try:
-                        replies.append(await conn.read_response(timeout=math.inf))
+                        raw.append(await conn.read_response(timeout=math.inf))
                     except rexc.ResponseError as exc:
-                        replies.append(exc)
+                        raw.append(exc)
         except BaseException:
             # Replies may still be on the socket: never hand this connection to anyone else.
             await conn.disconnect(nowait=True)
             raise
         finally:
-            await pool.release(conn)
-        return replies
+            await self._connections.release(conn)
+        if len(raw) == len(batch):
+            return raw, []
+        return [r for r, k in zip(raw, keep, strict=True) if k], raw[: len(load)]
 
     async def aclose(self) -> None:
         tasks = list(self._tasks)
@@ -339,7 +417,7 @@ class RedisStore:
         self._scripts = {s.name: client.register_script(s.text) for s in SCRIPTS}
         self._pipeliner = (
             _Pipeliner(
-                client,
+                _PoolConnections(client),
                 address,
                 max_batch=max_batch,
                 max_inflight=max_inflight,

@@ -4,6 +4,13 @@ Every key of one tenant carries the tenant's hash tag (``sg:{acme}:...``), so a 
 touches only tenant, agent and session buckets is one slot, one node, one atomic script call,
 exactly as on a standalone server.
 
+**Micro-batching** (``micro_batch=True``, the default): concurrent script calls are grouped by
+the primary that owns their slot and leave as pipelined round trips to that node (the
+standalone store's ``_Pipeliner``, one per primary on its redis-py connection pool), the groups
+to different nodes concurrently; see :class:`_NodeBatching` for MOVED / ASK / TRYAGAIN /
+NOSCRIPT (the script did not run: re-sent, bounded) and connection errors (never re-sent: the
+calls fail with StoreUnavailable and the slot map is refreshed).
+
 **Decisions that span slots** (a tenant's buckets plus a shared pool ``sg:{pool:openai}:...``)
 cannot be one script: Redis Cluster runs a script on one node. They run in *phases*, one atomic
 script call per slot, in a fixed order (pools first, the tenant's slot last):
@@ -39,20 +46,24 @@ the tenant's slot). ``list_values`` scans every primary in turn (``SCAN MATCH`` 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from redis import exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot
 
 from sluicegate.errors import ConfigurationError, StoreError, StoreUnavailable
 from sluicegate.stores.base import Batch, BatchResult, SettleResult, SettleStatus, check_value
-from sluicegate.stores.redis import DEFAULT_TIMEOUT
+from sluicegate.stores.redis import DEFAULT_TIMEOUT, _Call, _Deadlines, _Pipeliner
 from sluicegate.stores.redis_scripts import (
     ADJUST,
     APPLY,
@@ -137,12 +148,313 @@ class _Pending:
         self.abandoned = False
 
 
+#: Re-routes (MOVED / ASK / TRYAGAIN: the script did not run) one call may take before it
+#: fails with StoreUnavailable.
+MAX_REDIRECTS = 2
+
+#: Seconds between two slot-map refreshes asked for by errors (a failing node is asked about
+#: at most this often, however many calls fail on it).
+REFRESH_INTERVAL = 0.1
+
+
+class _NodeConnections:
+    """One primary's connections (redis-py's ``ClusterNode`` pool) for a :class:`_Pipeliner`.
+
+    After a connection error or a timeout the node's idle connections are closed (a restarted
+    node closed them all) and the slot map is refreshed: a failover promotes a replica, and
+    the map is how calls find it."""
+
+    __slots__ = ("node", "_batching")
+
+    def __init__(self, node: ClusterNode, batching: _NodeBatching) -> None:
+        self.node = node
+        self._batching = batching
+
+    async def acquire(self) -> Connection:
+        conn: Connection = self.node.acquire_connection()
+        reconnect = getattr(self.node, "disconnect_if_needed", None)
+        if reconnect is not None:  # redis-py marks connections stale after errors
+            try:
+                await reconnect(conn)
+            except BaseException:
+                self.node.release(conn)
+                raise
+        return conn
+
+    async def release(self, conn: Connection) -> None:
+        self.node.release(conn)
+
+    async def failed(self, exc: BaseException) -> None:
+        if isinstance(exc, rexc.MaxConnectionsError):
+            return  # the client's own limit, not the node
+        if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | OSError):
+            self._batching.request_refresh()
+            close_idle = getattr(self.node, "disconnect_free_connections", None)
+            if close_idle is not None:
+                try:
+                    await close_idle()
+                except Exception:  # best effort, on a node that already failed
+                    pass
+
+
+class _NodeBatching:
+    """Micro-batching for the cluster store: a :class:`_Pipeliner` per primary.
+
+    A call is routed by its first key's slot (every key of one call shares it: hash tags) to
+    the primary redis-py's slot map names, and queued on that node's pipeliner; the nodes'
+    pipelines go out concurrently. One timer per distinct timeout fails calls that get no
+    answer in time (:class:`_Deadlines`), across re-routes.
+
+    Error replies that mean "not run here": ``MOVED`` patches the slot map (redis-py's
+    ``NodesManager``) and re-sends the call to the node named in the reply, ``ASK`` re-sends it
+    there behind ``ASKING``, ``TRYAGAIN`` re-sends it after 10 ms; at most
+    :data:`MAX_REDIRECTS` times, then it fails. ``NOSCRIPT`` is the pipeliner's (SCRIPT LOAD on
+    that node). ``CLUSTERDOWN`` and ``READONLY`` fail the call and refresh the map.
+    """
+
+    def __init__(
+        self, store: RedisClusterStore, max_batch: int, max_inflight: int, max_pending: int
+    ) -> None:
+        self._client = store.client
+        self._where = f"cluster {store.address}"
+        self._max_batch = max_batch
+        self._max_inflight = max_inflight
+        self._max_pending = max_pending
+        self._read_timeout = max(1.0, store.timeout * 20)
+        self._nodes: dict[str, tuple[ClusterNode, _Pipeliner]] = {}
+        self._retired: list[_Pipeliner] = []
+        #: Counters of retired pipelines already dropped (their work was done).
+        self._dropped = {"calls": 0, "round_trips": 0, "script_loads": 0}
+        self._deadlines: dict[float, _Deadlines] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._refresher: asyncio.Task[None] | None = None
+        self._last_refresh = -math.inf
+        self._ready = False
+        self.redirects = 0
+        self.refreshes = 0
+
+    # -- counters -------------------------------------------------------------------------------
+    def _all(self) -> list[_Pipeliner]:
+        return [p for _, p in self._nodes.values()] + self._retired
+
+    @property
+    def calls(self) -> int:
+        return self._dropped["calls"] + sum(p.calls for p in self._all())
+
+    @property
+    def round_trips(self) -> int:
+        return self._dropped["round_trips"] + sum(p.round_trips for p in self._all())
+
+    @property
+    def script_loads(self) -> int:
+        return self._dropped["script_loads"] + sum(p.script_loads for p in self._all())
+
+    def _retire(self, pipeliner: _Pipeliner) -> None:
+        """Keep a replaced node's pipeline until its calls are answered; drop idle retired
+        ones (keeping their counts), so a flapping cluster does not grow this list forever."""
+        self._retired.append(pipeliner)
+        keep = []
+        for p in self._retired:
+            if p.idle:
+                for name in self._dropped:
+                    self._dropped[name] += getattr(p, name)
+            else:
+                keep.append(p)
+        self._retired = keep
+
+    # -- calls ----------------------------------------------------------------------------------
+    async def call(
+        self, script: LuaScript, numkeys: int, args: Sequence[Any], timeout: float
+    ) -> Any:
+        if not self._ready:
+            await self._discover(timeout)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        call = _Call(script, numkeys, args, future)
+        try:
+            self._route(call, check=True)
+        except BaseException as exc:  # noqa: B036 - converted, never swallowed
+            future.cancel()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise convert_error(exc, self._where) from None
+        deadlines = self._deadlines.get(timeout)
+        if deadlines is None:
+            deadlines = self._deadlines[timeout] = _Deadlines(timeout, self._where)
+        deadlines.add(loop, future)
+        return await future
+
+    async def _discover(self, timeout: float) -> None:
+        """The first call discovers the cluster (``ping`` usually did already)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._client.initialize()
+        except BaseException as exc:  # noqa: B036 - converted, never swallowed
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            if isinstance(exc, TimeoutError):
+                raise StoreUnavailable(
+                    f"cannot reach redis at {self._where}: no answer within {timeout * 1000:g} ms"
+                ) from None
+            raise convert_error(exc, self._where) from None
+        self._ready = True
+
+    def _route(self, call: _Call, *, check: bool) -> None:
+        """Queue ``call`` on the pipeliner of its slot's primary (keyless: slot 0's)."""
+        slot = slot_of(call.args[0]) if call.numkeys else 0
+        node = self._client.nodes_manager.get_node_from_slot(slot)
+        self._pipeliner(node).enqueue(call, check=check)
+
+    def _pipeliner(self, node: ClusterNode) -> _Pipeliner:
+        entry = self._nodes.get(node.name)
+        if entry is not None and entry[0] is node:
+            return entry[1]
+        pipeliner = _Pipeliner(
+            _NodeConnections(node, self),
+            self._where,
+            max_batch=self._max_batch,
+            max_inflight=self._max_inflight,
+            max_pending=self._max_pending,
+            read_timeout=self._read_timeout,
+            redirect=partial(self._redirected, node),
+        )
+        if entry is not None:
+            self._retire(entry[1])  # a node object replaced by a refresh
+        self._nodes[node.name] = (node, pipeliner)
+        return pipeliner
+
+    # -- redirects and the slot map -------------------------------------------------------------
+    def _redirected(self, node: ClusterNode, call: _Call, reply: BaseException) -> bool:
+        """The pipeliner's hook for error replies: True if ``call`` is re-routed."""
+        if isinstance(reply, rexc.ClusterDownError | rexc.ReadOnlyError):
+            self.request_refresh()  # a failover in progress: the map may be stale
+            return False
+        if not isinstance(reply, rexc.AskError | rexc.TryAgainError):
+            return False  # MovedError is an AskError
+        if call.redirects >= MAX_REDIRECTS:
+            self.request_refresh()
+            kind = type(reply).__name__.removesuffix("Error").upper()
+            call.future.set_exception(
+                StoreUnavailable(
+                    f"cannot reach redis at {self._where}: still redirected after "
+                    f"{call.redirects} attempts ({kind} {str(reply)[:100]})"
+                )
+            )
+            return True
+        call.redirects += 1
+        self.redirects += 1
+        task = asyncio.get_running_loop().create_task(self._reroute(node, call, reply))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _reroute(self, node: ClusterNode, call: _Call, reply: BaseException) -> None:
+        try:
+            manager = self._client.nodes_manager
+            target: ClusterNode | None = None
+            if isinstance(reply, rexc.AskError):
+                if not reply.host:  # "MOVED 3999 :6381": the answering node's host
+                    reply.host = node.host
+                    reply.node_addr = (reply.host, reply.port)
+                if isinstance(reply, rexc.MovedError):
+                    call.asking = False
+                    await self._moved(reply)
+                else:
+                    call.asking = True
+                target = manager.get_node(host=reply.host, port=reply.port)
+                if target is None:  # a node the map does not know yet
+                    await self.refresh_now()
+                    target = manager.get_node(host=reply.host, port=reply.port)
+                if target is None:
+                    raise StoreUnavailable(
+                        f"cannot reach redis at {self._where}: redirected to unknown node "
+                        f"{reply.host}:{reply.port}"
+                    )
+            else:  # TRYAGAIN: a slot migration in progress; its keys settle in a moment
+                await asyncio.sleep(0.01)
+            if call.future.done():
+                return
+            if target is None:
+                self._route(call, check=False)
+            else:
+                self._pipeliner(target).enqueue(call, check=False)
+        except BaseException as exc:  # noqa: B036 - the caller must hear of it
+            if not call.future.done():
+                call.future.set_exception(convert_error(exc, self._where))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    async def _moved(self, reply: rexc.MovedError) -> None:
+        """Point the slot at the node the reply names (redis-py's ``move_slot``, where it has
+        one; else a full refresh), and refresh the whole map soon: a resharding moves many."""
+        move = getattr(self._client.nodes_manager, "move_slot", None)
+        if move is None:
+            await self.refresh_now()
+            return
+        try:
+            result = move(reply)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            log.debug("slot_map_patch_failed error=%s", exc)
+            await self.refresh_now()
+        else:
+            self.request_refresh()
+
+    def request_refresh(self) -> asyncio.Task[None]:
+        """Refresh the slot map in the background (one refresh at a time, at most one per
+        :data:`REFRESH_INTERVAL`); the current map serves until it succeeds."""
+        task = self._refresher
+        if task is None or task.done():
+            task = self._refresher = asyncio.get_running_loop().create_task(self._refresh())
+        return task
+
+    async def refresh_now(self) -> None:
+        await asyncio.shield(self.request_refresh())
+
+    async def _refresh(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self._last_refresh + REFRESH_INTERVAL - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                await self._client.nodes_manager.initialize()
+        except Exception as exc:
+            log.debug("slot_map_refresh_failed cluster=%s error=%s", self._where, exc)
+        else:
+            self.refreshes += 1
+            cache = self._client.nodes_manager.nodes_cache
+            for name, (node, pipeliner) in list(self._nodes.items()):
+                if cache.get(name) is not node:  # gone from the cluster, or replaced
+                    del self._nodes[name]
+                    self._retire(pipeliner)
+        finally:
+            self._last_refresh = loop.time()
+
+    async def aclose(self) -> None:
+        tasks = list(self._tasks)
+        if self._refresher is not None:
+            tasks.append(self._refresher)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for pipeliner in self._all():
+            await pipeliner.aclose()
+        for deadlines in self._deadlines.values():
+            deadlines.cancel()
+
+
 class RedisClusterStore:
     """:class:`~sluicegate.stores.base.Store` on Redis Cluster (see the module docstring).
 
     Options as for :class:`~sluicegate.stores.redis.RedisStore` (``timeout``,
-    ``use_caller_clock``, ``ttl_slack``); micro-batching is not implemented for the cluster:
-    concurrent decisions run as concurrent script calls on redis-py's per-node pools.
+    ``use_caller_clock``, ``ttl_slack``, ``micro_batch``, ``max_batch``, ``max_inflight``,
+    ``max_pending``); the batching options apply per primary: concurrent script calls are
+    grouped by the primary that owns their slot, and each group leaves as pipelined round
+    trips to that node (the groups to different nodes concurrently). With ``micro_batch=False``
+    every call is its own ``EVALSHA`` through redis-py's ``RedisCluster``.
     """
 
     #: Keys per ``SCAN`` round trip (and per ``MGET`` batch) in :meth:`list_values`.
@@ -154,6 +466,10 @@ class RedisClusterStore:
         *,
         address: str = "redis-cluster",
         timeout: float = DEFAULT_TIMEOUT,
+        micro_batch: bool = True,
+        max_batch: int = 256,
+        max_inflight: int = 4,
+        max_pending: int = 10_000,
         use_caller_clock: bool = False,
         ttl_slack: float = 0.0,
         max_connections: int = 64,
@@ -161,6 +477,8 @@ class RedisClusterStore:
     ) -> None:
         if not timeout > 0:
             raise ConfigurationError(f"redis store timeout must be > 0 seconds, got {timeout!r}")
+        if max_batch < 1 or max_inflight < 1:
+            raise ConfigurationError("redis store max_batch and max_inflight must be >= 1")
         self._client = client
         self._owns_client = owns_client
         self.address = address
@@ -171,7 +489,10 @@ class RedisClusterStore:
         # redis-py raises MaxConnectionsError when a node's pool is exhausted; queueing for a
         # connection (within the call's timeout) is what a rate limiter under load needs.
         self._connections = asyncio.Semaphore(max_connections)
-        self.stats: dict[str, int] = {
+        self._batching = (
+            _NodeBatching(self, max_batch, max_inflight, max_pending) if micro_batch else None
+        )
+        self._counts: dict[str, int] = {
             "decisions": 0,
             "multi_slot": 0,
             "compensations": 0,
@@ -179,7 +500,23 @@ class RedisClusterStore:
             "abandoned_refunds": 0,
             "record_failures": 0,
             "foreign_settle_failures": 0,
+            "direct_calls": 0,
         }
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters so far. ``calls / round_trips`` is the mean batch size; ``redirects``
+        counts calls re-routed after MOVED / ASK / TRYAGAIN, ``refreshes`` slot-map refreshes
+        after a connection error, a timeout or a redirect."""
+        out = dict(self._counts)
+        direct = out.pop("direct_calls")
+        b = self._batching
+        out["calls"] = direct + (b.calls if b else 0)
+        out["round_trips"] = direct + (b.round_trips if b else 0)
+        out["script_loads"] = b.script_loads if b else 0
+        out["redirects"] = b.redirects if b else 0
+        out["refreshes"] = b.refreshes if b else 0
+        return out
 
     @classmethod
     def from_url(
@@ -224,7 +561,7 @@ class RedisClusterStore:
 
     # -- Store protocol -----------------------------------------------------------------------
     async def apply(self, batch: Batch, now: float) -> BatchResult:
-        self.stats["decisions"] += 1
+        self._counts["decisions"] += 1
         keys = batch.keys
         res = batch.reservation
         rkey = record_key(res.id) if res is not None else None
@@ -234,7 +571,7 @@ class RedisClusterStore:
             groups.setdefault(slot_of(key), []).append(i)
         if len(groups) <= 1 and (rkey is None or rslot in groups or not groups):
             return await self._apply_single(batch, now, rkey)
-        self.stats["multi_slot"] += 1
+        self._counts["multi_slot"] += 1
         pending = _Pending()
         task = asyncio.ensure_future(self._apply_phases(batch, now, groups, rkey, rslot, pending))
         self._background.add(task)
@@ -316,6 +653,8 @@ class RedisClusterStore:
     async def aclose(self) -> None:
         if self._background:
             await asyncio.wait(list(self._background), timeout=max(1.0, self.timeout * 10))
+        if self._batching is not None:
+            await self._batching.aclose()
         if self._owns_client:
             await self._client.aclose()
 
@@ -343,6 +682,9 @@ class RedisClusterStore:
     async def _call(
         self, script: LuaScript, numkeys: int, args: Sequence[Any], timeout: float | None = None
     ) -> Any:
+        if self._batching is not None:
+            return await self._batching.call(script, numkeys, args, timeout or self.timeout)
+        self._counts["direct_calls"] += 1
         try:
             async with asyncio.timeout(timeout or self.timeout), self._connections:
                 return await self._scripts[script.name](keys=args[:numkeys], args=args[numkeys:])
@@ -438,11 +780,11 @@ class RedisClusterStore:
             try:
                 await self._call(APPLY, numkeys, args, bound)
             except StoreError as exc:
-                self.stats["record_failures"] += 1
+                self._counts["record_failures"] += 1
                 log.warning("reservation_record_failed id=%s error=%s", rkey, exc)
         if pending.abandoned:
             # Nobody waits for this admission any more: give everything back.
-            self.stats["abandoned_refunds"] += 1
+            self._counts["abandoned_refunds"] += 1
             await self._compensate(batch, now, done)
             if rkey is not None:
                 await self._release_record(rkey, bound)
@@ -455,7 +797,7 @@ class RedisClusterStore:
             async with asyncio.timeout(bound):
                 await self._client.delete(rkey)
         except Exception as exc:
-            self.stats["record_failures"] += 1
+            self._counts["record_failures"] += 1
             log.warning("abandoned_record_delete_failed id=%s error=%s", rkey, exc)
 
     async def _compensate(
@@ -482,11 +824,11 @@ class RedisClusterStore:
                     entries.append(("t", keys[i], code, period, -cost, written, prior))
             if not entries:
                 continue
-            self.stats["compensations"] += 1
+            self._counts["compensations"] += 1
             try:
                 await self._call(ADJUST, len(entries), self.codec.adjust_args(entries, now), bound)
             except StoreError as exc:
-                self.stats["compensation_failures"] += 1
+                self._counts["compensation_failures"] += 1
                 log.warning(
                     "compensation_failed keys=%s error=%s", ",".join(e[1] for e in entries), exc
                 )
@@ -507,7 +849,7 @@ class RedisClusterStore:
             try:
                 await self._call(ADJUST, len(items), self.codec.adjust_args(items, now), bound)
             except StoreError as exc:
-                self.stats["foreign_settle_failures"] += 1
+                self._counts["foreign_settle_failures"] += 1
                 log.warning(
                     "settle_adjust_failed keys=%s error=%s", ",".join(i[1] for i in items), exc
                 )

@@ -33,7 +33,8 @@ _REDIS_OPTIONS = {
     "max_pending", "use_caller_clock", "ttl_slack",
 }  # fmt: skip
 _CLUSTER_OPTIONS = {
-    "timeout", "connect_timeout", "max_connections", "use_caller_clock", "ttl_slack",
+    "timeout", "connect_timeout", "max_connections", "micro_batch", "max_batch", "max_inflight",
+    "max_pending", "use_caller_clock", "ttl_slack",
 }  # fmt: skip
 _FAILOVER_OPTIONS = {"failure_mode", "replicas", "backoff", "max_backoff", "clock"}
 _MEMORY_OPTIONS = {"sweep_interval", "sweep_batch"}
