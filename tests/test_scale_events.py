@@ -85,7 +85,11 @@ async def test_the_event_is_shared_by_every_replica_and_expires(store: Store) ->
     clock.advance(61.0)  # over: the listing is empty and the aggregate is the policy's again
     assert await second.scale_events() == []
     assert await first.scale_events() == []
-    assert 200 <= await start_fleet(second, "b") < 300
+    # The fleet took 1000 at 10/s: 100 s of the aggregate's rate against its own 20 s burst.
+    # 61 s later the debt (39 s) is still above the burst: nothing more yet ...
+    assert await start_fleet(second, "b", instances=5, calls=2) == 0
+    clock.advance(120.0)  # ... and once it has drained, the policy's own aggregate again.
+    assert 200 <= await start_fleet(second, "c") < 300
 
 
 async def test_a_new_event_replaces_the_previous_one(store: Store) -> None:
@@ -147,6 +151,25 @@ async def test_the_event_also_prewarms_the_tiers_tenant_allowance(store: Store) 
         policy_from_text(text), store, clock, wall_clock=lambda: WALL + clock.now() - 1000.0
     )
     assert 200 <= await start_fleet(engine, "a") < 300
-    clock.advance(120.0)
+    # Right after that burst: the event's larger burst takes effect at once, minus what the
+    # first fleet still owes (its ~200 calls), so 800 more of the 1000 fit.
     await engine.add_scale_event("acme", "worker", 50, 60)
-    assert await start_fleet(engine, "b") == 1000
+    assert 780 <= await start_fleet(engine, "b") <= 820
+
+
+async def test_scale_events_never_disturb_bucket_state_on_the_memory_store() -> None:
+    """Regression: the engine's clock (monotonic, or virtual here) is far from the wall clock
+    the events' times use; value calls must run on the engine's clock, or the memory store's
+    sweep (which value calls drive) would take every live bucket for an idle one."""
+    from sluicegate.stores.memory import MemoryStore
+
+    store = MemoryStore(sweep_interval=0.0)
+    clock = VirtualClock(50.0)  # like a monotonic clock shortly after boot
+    engine = Engine(policy_from_text(POLICY), store, clock, wall_clock=lambda: WALL)
+    ctx = RequestContext("acme", "worker", workload_class="realtime")
+    assert sum([(await engine.decide(ctx)).allowed for _ in range(20)]) == 20
+    before = dict(store._buckets)
+    await engine.add_scale_event("acme", "worker", 5, 60)
+    await engine.scale_events()
+    assert {k: store._buckets.get(k) for k in before} == before
+    assert not (await engine.decide(ctx)).allowed  # the agent's burst (20) is still spent

@@ -179,10 +179,10 @@ def _scale_key(tenant: str, agent: str) -> str:
 @dataclass(frozen=True, slots=True)
 class ScaleEvent:
     """An announced fleet start: ``instances`` new instances of ``agent`` during the next
-    ``window`` seconds. While it lasts, the init tier's aggregate budget of that agent (and the
+    ``window`` seconds. While it lasts, the init tier's aggregate burst of that agent (and the
     tier's tenant allowance, if any) holds at least ``instances`` times the per-instance init
-    limits (rate and burst), so the whole
-    fleet's initialization gets through at once; afterwards the aggregate is the policy's again.
+    burst, so the whole fleet's start-up gets through at once; what it took beyond the policy's
+    own burst is paid back afterwards at the policy's rate (see ``InitTier.prewarmed``).
     Times are wall-clock seconds, because every replica must agree on them."""
 
     tenant: str
@@ -577,7 +577,10 @@ class Engine:
             raise ValueError(f"window must be between 1 s and {MAX_SCALE_WINDOW:g} s")
         now = self.wall_clock()
         event = ScaleEvent(tenant, agent, instances, float(window), now, now + window)
-        await self.store.put_value(_scale_key(tenant, agent), event.to_json(), window, now)
+        # The store runs on the engine's clock (the memory store sweeps its buckets by it);
+        # the event's own times are wall-clock, which every replica shares.
+        key = _scale_key(tenant, agent)
+        await self.store.put_value(key, event.to_json(), window, self.clock.now())
         self._scale[(tenant, agent)] = (self.clock.now(), event)
         self.on_alert(
             {
@@ -594,7 +597,7 @@ class Engine:
     async def scale_events(self) -> list[ScaleEvent]:
         """The scale events still active, across every tenant (reads the store)."""
         now = self.wall_clock()
-        values = await self.store.list_values(SCALE_PREFIX, now)
+        values = await self.store.list_values(SCALE_PREFIX, self.clock.now())
         events = [e for v in values.values() if (e := ScaleEvent.from_json(v)) is not None]
         return sorted((e for e in events if e.until > now), key=lambda e: (e.tenant, e.agent))
 
@@ -608,7 +611,7 @@ class Engine:
         if cached is None or now - cached[0] >= SCALE_EVENT_CACHE_TTL:
             event = None
             try:
-                text = await self.store.get_value(_scale_key(tenant, agent), self.wall_clock())
+                text = await self.store.get_value(_scale_key(tenant, agent), now)
             except StoreError:
                 text = None
             if text is not None:

@@ -363,25 +363,28 @@ class InitTier:
 
     def prewarmed(self, rules: tuple[Rule, ...], instances: int) -> tuple[Rule, ...]:
         """``rules`` (the aggregate, or the tier's tenant allowance) during a scale event of
-        ``instances`` instances: on each axis the instance limits also have, rate and burst
-        become at least ``instances`` times the instance's. Same buckets (same keys), so the
-        pre-warm takes effect at once (GCRA keeps no capacity in its state; other agents'
-        calls on a shared tenant allowance are still checked against its own burst), and when
-        the event ends the bucket simply continues under the policy's own rate and burst: a
-        call admitted just before the end is paid back at that rate, so the fleet never gets
-        more than the event granted plus the policy's own budget."""
+        ``instances`` instances: on each axis the instance limits also have, the burst becomes
+        at least ``instances`` times the instance's burst, so the whole fleet's start-up burst
+        fits at once. The rate stays the policy's, and the buckets are the same (same keys,
+        same emission interval): GCRA keeps no capacity in its state, so the larger burst takes
+        effect at once, even right after earlier use, and what the fleet took beyond the
+        policy's own burst is paid back afterwards at the policy's rate (the aggregate admits
+        nothing until it has drained under its own burst again). So an event lets a fleet
+        start *sooner*; it never raises what the agent gets over time."""
         per_axis = {r.axis: r for r in self.instance_rules if r.rate is not None}
         out = []
         for rule in rules:
             one = per_axis.get(rule.axis)
-            if one is None or rule.rate is None or one.rate is None:
+            capacity = (
+                rule.capacity if one is None else max(rule.capacity, instances * one.capacity)
+            )
+            if rule.limit.algorithm is not Algorithm.GCRA or capacity == rule.capacity:
                 out.append(rule)
                 continue
-            per_second = max(rule.rate.per_second, instances * one.rate.per_second)
-            capacity = max(rule.capacity, instances * one.capacity)
-            rate = Rate(per_second * rule.rate.period, rule.rate.period)
-            limit = Limit(Algorithm.GCRA, 1.0 / per_second, capacity)
-            out.append(Rule(rule.plane, rule.axis, limit, rate, rule.scope, rule.pool, rule.shadow))
+            limit = Limit(rule.limit.algorithm, rule.limit.period, capacity)
+            out.append(
+                Rule(rule.plane, rule.axis, limit, rule.rate, rule.scope, rule.pool, rule.shadow)
+            )
         return tuple(out)
 
 

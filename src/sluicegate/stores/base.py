@@ -169,7 +169,10 @@ class Store(Protocol):
     async def put_value(self, key: str, value: str, ttl: float, now: float) -> None:
         """Set ``key`` to ``value``, expiring ``ttl`` seconds later (``ttl > 0``, finite; a
         ``ValueError`` otherwise). Overwrites any earlier value and its expiry: last write wins.
-        ``now`` is the caller's clock; stores with a clock of their own (Redis) may ignore it."""
+        ``now`` is the caller's clock: the *same* clock it passes to :meth:`apply` (the memory
+        store expires values and sweeps idle buckets by it, so a wall-clock ``now`` next to a
+        monotonic one would evict live buckets); stores with a clock of their own (Redis) may
+        ignore it."""
         ...
 
     async def get_value(self, key: str, now: float) -> str | None:
