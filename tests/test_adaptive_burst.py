@@ -65,6 +65,10 @@ async def test_a_think_then_act_agent_gets_its_bursts_once_its_average_is_known(
     headers = dict(render_headers(decision))
     assert headers["x-ratelimit-burst"].startswith('"agent-requests";b=')
     assert "demand" not in headers["ratelimit-policy"]
+    # The OpenAI-style limit is the burst this call was checked on, never below what remains.
+    burst = headers["x-ratelimit-burst"].rpartition("b=")[2]
+    assert headers["x-ratelimit-limit-requests"] == burst
+    assert int(headers["x-ratelimit-remaining-requests"]) <= int(burst)
 
 
 async def test_the_same_traffic_with_the_fixed_burst_keeps_losing_calls(store: Store) -> None:

@@ -134,13 +134,18 @@ def render_headers(decision: Decision) -> list[tuple[str, str]]:
                 ]
             )
             headers.append(("ratelimit", state))
+        bursts = dict(decision.bursts) if decision.bursts else None
         for suffix, idx, caps in plan.openai:
             best = 0
             low = remaining[idx[0]]
             for j in range(1, len(idx)):
                 if remaining[idx[j]] < low:
                     best, low = j, remaining[idx[j]]
-            headers.append((f"x-ratelimit-limit-{suffix}", caps[best]))
+            cap = caps[best]
+            if bursts is not None:  # an adaptive burst: the capacity this call was checked on
+                burst = bursts.get(decision.rules[idx[best]].name)
+                cap = cap if burst is None else f"{burst:.0f}"
+            headers.append((f"x-ratelimit-limit-{suffix}", cap))
             headers.append((f"x-ratelimit-remaining-{suffix}", str(low)))
             headers.append((f"x-ratelimit-reset-{suffix}", go_duration(reset[idx[best]])))
         if plan.budget_index is not None:
