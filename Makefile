@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/redis_decisions.py
 	$(BIN)/python bench/rls.py
 	$(BIN)/python bench/simulate.py
+	$(BIN)/python bench/agentic.py
 	$(BIN)/python bench/proxy.py
 
 clean:
