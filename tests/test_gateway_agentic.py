@@ -211,7 +211,7 @@ pools:
             assert r.status_code == 413
             r = await client.post(admin, json=event, headers=ADMIN)
             assert r.status_code == 201, r.text
-            assert r.json()["scale_event"]["instances"] == 10
+            assert r.json()["scale_event"]["instances"] == 10 and "note" not in r.json()
             listed = (await client.get(admin, headers=ADMIN)).json()["scale_events"]
             assert [(e["tenant"], e["agent"], e["instances"]) for e in listed] == [
                 ("acme", "worker", 10)
@@ -288,6 +288,7 @@ init:
 tiers:
   pro:
     tenant: {requests: 100k/min, burst: 5000}
+default_tier: pro
 tenants:
   acme: {tier: pro}
 pools:
@@ -303,6 +304,9 @@ pools:
             assert code == 0 and '"instances": 8' in capsys.readouterr().out
             code = await asyncio.to_thread(main, [*base, "SG_TEST_ADMIN_TOKEN", "--list"])
             assert code == 0 and '"agent": "worker"' in capsys.readouterr().out
+            unlisted = [*base, "SG_TEST_ADMIN_TOKEN", "--tenant", "newco", "--agent", "w"]
+            code = await asyncio.to_thread(main, [*unlisted, "--instances", "2"])
+            assert code == 0 and "served by the default tier 'pro'" in capsys.readouterr().out
             code = await asyncio.to_thread(main, [*post_args, "--instances", "0"])
             assert code == 1 and "instances must be between" in capsys.readouterr().err
             code = await asyncio.to_thread(main, [*base, "NO_SUCH_VAR", "--list"])

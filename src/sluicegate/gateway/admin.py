@@ -150,7 +150,14 @@ class AdminApp:
                 except ValueError as exc:
                     await _json(send, 400, {"error": str(exc)})
                     return
-                await _json(send, 201, {"scale_event": _event_doc(event, engine.wall_clock())})
+                doc: dict[str, Any] = {"scale_event": _event_doc(event, engine.wall_clock())}
+                policy = engine.policy
+                if event.tenant not in policy.tenant_rules:  # a typo, or a default-tier tenant
+                    doc["note"] = (
+                        f"tenant {event.tenant[:64]!r} is not listed in the policy: it is served "
+                        f"by the default tier {policy.default_tier!r}"
+                    )
+                await _json(send, 201, doc)
             else:
                 await _json(send, 405, {"error": f"{method} not allowed; use GET or POST"})
         except StoreError as exc:
