@@ -19,7 +19,9 @@ table also has rows for a tighter and a looser key limit; the last line is the h
 
 Runs on the simulator (:func:`sluicegate.sim.simulate`): the real engine and memory store on a
 virtual clock, nothing sleeps. The provider's own quota is off (``provider=False``), so every
-refusal counted is the gateway's. ``amplification = attempts / original calls``; ``success``:
+refusal counted is the engine's; the gateway's admission queue is off too
+(``admission_queue=False``): every refusal goes back to the SDK client, which is what the
+budget is about. ``amplification = attempts / original calls``; ``success``:
 calls that finished; ``429 budget``: refusals in which a retry-budget bucket took part.
 
 Reading the figures: a retry spends the budget whether or not the limits admit it (Finagle
@@ -177,7 +179,14 @@ def measure(
     for n in subagents:
         traffic = fanout(n, seed=seed, waves=waves, calls=calls, period=period)
         for budget, policy in ((False, off), (True, on)):
-            rows.append(Row(rpm, n, budget, simulate(policy, traffic, seed=seed, provider=False)))
+            rows.append(
+                Row(
+                    rpm,
+                    n,
+                    budget,
+                    simulate(policy, traffic, seed=seed, provider=False, admission_queue=False),
+                )
+            )
     return rows
 
 

@@ -117,7 +117,7 @@ def test_every_scenario_runs(name: str, naive: Policy, fixed: Policy) -> None:
     traffic = build_scenario(name, seed=2, scale=0.3, duration=30.0)
     for run in compare(naive, fixed, traffic, seed=2):
         assert run.calls > 0 and run.scenario == name
-        assert run.decisions == run.attempts >= run.calls
+        assert run.decisions >= run.attempts >= run.calls  # + re-decisions of queued calls
         for s in run.stats:
             assert s.admitted + s.refused == s.attempts
             assert s.succeeded + s.gave_up <= s.calls

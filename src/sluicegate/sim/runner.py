@@ -9,6 +9,12 @@ a pure function of (policy, traffic, seed). Per event the runner moves the engin
   scheduled after the upstream's service time. Refused: the client's :class:`RetryPolicy`
   picks the next attempt's time from the ``retry-after-ms`` value, or gives up.
 * ``START`` (deferred admissions only): the upstream call starts.
+* ``QUEUED`` (``admission_queue=True``, the default): the gateway's admission queue
+  (:mod:`sluicegate.gateway.admission`), modelled as ``sluicegate serve`` runs it: decisions use
+  ``max_wait=0``, and a call refused as ``rate_limited`` whose class may wait (``max_wait > 0``)
+  and whose retry time fits what is left of that wait stays in the gateway and is decided again
+  at its retry time, instead of going back to the client as a 429. Not modelled: the queue's
+  priority order among calls due at the same instant (the heap takes them in arrival order).
 * The upstream provider enforces its own quota (``provider=True``, the default): two GCRA
   buckets (requests/min and tokens/min, capacity one minute's worth, checked on the call's
   token reservation as OpenAI does) from :mod:`sluicegate.algorithms`. A call the gateway
@@ -48,7 +54,7 @@ from typing import Any, TypeVar
 
 from sluicegate.algorithms import gcra_step
 from sluicegate.clock import VirtualClock
-from sluicegate.engine import Engine, Outcome, RequestContext
+from sluicegate.engine import Engine, Outcome, Reason, RequestContext
 from sluicegate.engine.init_tokens import issue_token
 from sluicegate.policy.resolve import Axis, Policy
 from sluicegate.sim.clients import RetryPolicy, retry_after_header, should_retry
@@ -61,6 +67,9 @@ T = TypeVar("T")
 _ATTEMPT = 0
 _COMPLETE = 1
 _START = 2
+_QUEUED = 3
+#: A queued call is decided again this long after its exact retry time (float rounding).
+_QUEUE_SLACK = 1e-6
 _REFUSE = Outcome.REFUSE
 #: The engine's built-in class SLAs (``policy.resolve``), for classes a policy leaves unset.
 BUILTIN_SLA = {"realtime": 0.8, "interactive": 3.0, "batch": 60.0}
@@ -121,6 +130,7 @@ class _Call:
     __slots__ = (
         "spec", "steps", "group", "retry", "ctx", "accs", "series_admitted", "series_refused",
         "step", "t0", "retries", "acc", "decision_id", "ideal", "in_demand", "task_ok",
+        "arrived", "queued",
     )  # fmt: skip
 
     def __init__(self, spec: ActorSpec, rng: random.Random, ctx: RequestContext) -> None:
@@ -137,6 +147,9 @@ class _Call:
         self.retries = 0
         self.acc = Accumulator()
         self.decision_id = ""
+        #: When the client's current attempt reached the gateway, and whether it has queued.
+        self.arrived = 0.0
+        self.queued = False
         #: Where the script would be if every call had succeeded at once (the demand's clock).
         self.ideal = spec.start
         #: Whether the current step is part of the demand; whether the current task is intact.
@@ -212,9 +225,11 @@ def simulate(
     quota: tuple[float, float] | None = None,
     provider: bool = True,
     store: MemoryStore | None = None,
+    admission_queue: bool = True,
 ) -> RunResult:
     """Run ``traffic`` against ``policy`` on a fresh engine and memory store; see the module
-    docstring. ``sla`` and ``quota`` default to the policy's own."""
+    docstring. ``sla`` and ``quota`` default to the policy's own; ``admission_queue=False``
+    runs the engine alone (deferred admission only, no gateway queue)."""
     if store is None:
         # The store's sweep runs once per ``sweep_interval`` of *clock* time; on a virtual
         # clock one second is a few thousand decisions, not tens of thousands, so the default
@@ -340,8 +355,14 @@ def simulate(
 
     has_retry_attempt = _HAS_RETRY_ATTEMPT
     init_ttl = policy.init.max_token_ttl if policy.init is not None else 0.0
+    # The gateway decides with max_wait=0 and queues instead (see the module docstring).
+    queue_waits = {n: c.max_wait for n, c in policy.classes.items()} if admission_queue else {}
+    ctx_wait = 0.0 if admission_queue else None
+    rate_limited = Reason.RATE_LIMITED
     for index, spec in enumerate(traffic.actors):
-        ctx = RequestContext(spec.tenant, spec.agent, spec.session, path=spec.path, pool=pool)
+        ctx = RequestContext(
+            spec.tenant, spec.agent, spec.session, path=spec.path, pool=pool, max_wait=ctx_wait
+        )
         if _HAS_TRACE and spec.trace is not None:
             setattr(ctx, "trace_id", spec.trace)  # noqa: B010 - absent on older engines
         if minting and spec.init_token:
@@ -396,11 +417,14 @@ def simulate(
         now, _, kind, call = pop(heap)
         clock.set(now)
         acc = call.acc
-        if kind == _ATTEMPT:
+        if kind == _ATTEMPT or kind == _QUEUED:
             decisions += 1
-            if call.retries == 0:
-                acc.calls += 1
-            acc.attempts += 1
+            if kind == _ATTEMPT:
+                if call.retries == 0:
+                    acc.calls += 1
+                acc.attempts += 1
+                call.arrived = now
+                call.queued = False
             coro = decide(call.ctx)  # inlined _drive (hot path)
             try:
                 coro.send(None)
@@ -422,6 +446,14 @@ def simulate(
                 else:
                     upstream(call, now)
                 continue
+            if queue_waits and decision.reason is rate_limited:
+                due = now + (decision.retry_after or 0.0)
+                if due <= call.arrived + queue_waits.get(decision.workload_class, 0.0):
+                    if not call.queued:  # it waits in the gateway, not at the client
+                        call.queued = True
+                        acc.waited += 1
+                    push(heap, (due + _QUEUE_SLACK, next(seq), _QUEUED, call))
+                    continue
             acc.refused += 1
             call.series_refused[b] += 1
             result = decision.result
