@@ -2,7 +2,8 @@
 
 :class:`FailoverStore` wraps a primary store (Redis, Redis Cluster) and, when the primary raises a
 *transient* :class:`~sluicegate.errors.StoreError` (unreachable, timed out, failing over), serves
-every decision in one of three modes until the primary answers again:
+the decisions that need the failing part of the primary in one of three modes until it answers
+again:
 
 ``fail_closed``  raise :class:`~sluicegate.errors.StoreUnavailable`; the engine refuses the call
                  (a 503 with a clear reason). Nothing is admitted that the limits did not check.
@@ -12,36 +13,54 @@ every decision in one of three modes until the primary answers again:
                  primary), so the fleet as a whole stays near the global limit. State starts
                  empty at each outage (full buckets: at most one burst / replicas per process).
 
-No silent mode changes: every transition (``healthy -> degraded`` and back) is logged on the
-``sluicegate.stores.failover`` logger with structured ``extra`` fields (``sg_event``,
-``sg_store``, ``sg_from``, ``sg_to``, ``sg_mode``, ``sg_reason``) and counted in
-:attr:`FailoverStore.counters`.
+**Per shard.** A primary that keeps its keys on independent shards (Redis Cluster) says so with
+the :class:`Partitioned` methods: which shards (primaries, by name) a decision's keys live on.
+Health is then kept per shard: a decision whose shards all answer goes to the primary as usual,
+even while another shard is failing, and only a decision that touches a failing shard (a
+tenant's slot, or the pool slot of a two-phase pool decision) gets the mode's answer. A primary
+without those methods (standalone Redis) is one shard: the whole store fails over together.
 
-Recovery is automatic: while degraded, the first decision after a backoff (0.5 s, doubling up
-to 5 s) is sent to the primary as a probe; if it succeeds the store is healthy again and that
-decision's result is the primary's. Only one probe is in flight at a time, so a dead primary
-costs at most one bounded timeout per backoff interval, not one per decision.
+A failing call that touched one shard degrades that shard. One that touched several (a pool
+decision, a listing) cannot say which one failed: it degrades those of its shards that have not
+answered any other call since it started (under load, the healthy shards have), and none if
+all have (then it was slow, not an outage: only that decision gets the mode's answer).
+
+No silent mode changes: every transition (``healthy -> degraded`` and back, per shard) is logged
+on the ``sluicegate.stores.failover`` logger with structured ``extra`` fields (``sg_event``,
+``sg_store``, ``sg_partition``, ``sg_from``, ``sg_to``, ``sg_mode``, ``sg_reason``) and counted in
+:attr:`FailoverStore.counters` (aggregate over the shards).
+
+Recovery is automatic: while a shard is degraded, the first decision on it after a backoff
+(0.5 s, doubling up to 5 s) is sent to the primary as a probe; if it succeeds the shard is
+healthy again and that decision's result is the primary's. Only one probe per shard is in flight
+at a time, so a dead shard costs at most one bounded timeout per backoff interval, not one per
+decision. While a shard is degraded its slot map is refreshed every ``backoff`` seconds
+(:meth:`Partitioned.refresh_partitions`), so when a failover promotes a replica, the slots'
+decisions go to the new primary (a shard of a new name, healthy) as soon as the map shows it;
+the old shard's record is dropped (counted and logged as recovered, reason ``no longer a
+primary``) once the map no longer lists it.
 
 Non-transient errors (:class:`~sluicegate.errors.StoreProtocolError`: the primary answered
 something unusable, e.g. a script error) are not outages: they propagate and are counted.
 
-Shared values (``put_value`` / ``get_value`` / ``list_values``) go to the primary and share its
-health: a failing value call degrades the store as a failing decision does, a value call after
-the backoff may be the probe, and while degraded they follow the mode. ``fail_closed`` raises
-:class:`~sluicegate.errors.StoreUnavailable` (``counters.value_refusals``); ``fail_open`` and
-``local`` read and write the in-process fallback store (``counters.local_values``). That store
-starts empty at each outage and is not read after recovery: during an outage a replica sees only
-the values it wrote itself, and those are not copied to the primary afterwards.
+Shared values (``put_value`` / ``get_value`` / ``list_values``) go to the primary and share the
+health of their key's shard (a listing: of every shard): a failing value call degrades it as a
+failing decision does, a value call after the backoff may be the probe, and while degraded they
+follow the mode. ``fail_closed`` raises :class:`~sluicegate.errors.StoreUnavailable`
+(``counters.value_refusals``); ``fail_open`` and ``local`` read and write the in-process fallback
+store (``counters.local_values``). That store starts empty at each outage (when the first shard
+degrades while all others are healthy) and is not read after recovery: during an outage a
+replica sees only the values it wrote itself, and those are not copied to the primary afterwards.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from sluicegate.clock import Clock, MonotonicClock
 from sluicegate.errors import ConfigurationError, StoreError, StoreUnavailable
@@ -57,11 +76,17 @@ from sluicegate.stores.base import (
 )
 from sluicegate.stores.memory import MemoryStore
 
-__all__ = ["FailoverCounters", "FailoverStore", "FailureMode"]
+__all__ = ["FailoverCounters", "FailoverStore", "FailureMode", "Partitioned"]
 
 _T = TypeVar("_T")
 
 log = logging.getLogger("sluicegate.stores.failover")
+
+#: The one shard of a primary that is not :class:`Partitioned`.
+WHOLE = ""
+
+#: Seconds between two checks, while a shard is degraded, for shards the slot map no longer has.
+PRUNE_INTERVAL = 0.1
 
 
 class FailureMode(StrEnum):
@@ -75,9 +100,32 @@ class StoreState(StrEnum):
     DEGRADED = "degraded"
 
 
+@runtime_checkable
+class Partitioned(Protocol):
+    """The optional ability of a primary whose keys live on independent shards (Redis Cluster:
+    a shard is a primary node, named ``host:port``). Names come from the primary's current
+    slot map, so they change when a failover promotes a replica."""
+
+    def partitions(self, keys: Sequence[str]) -> tuple[str, ...]:
+        """The shards serving ``keys``, each once (keyless: where such a call goes)."""
+        ...
+
+    def reservation_partitions(self, reservation_id: str) -> tuple[str, ...]:
+        """The shards a ``settle`` of this reservation needs."""
+        ...
+
+    def all_partitions(self) -> tuple[str, ...]:
+        """Every shard (empty while the primary does not know them yet)."""
+        ...
+
+    def refresh_partitions(self) -> None:
+        """Re-read the shard map soon (in the background)."""
+        ...
+
+
 @dataclass
 class FailoverCounters:
-    """Plain counters (exported to Prometheus by whoever scrapes them)."""
+    """Plain counters (exported to Prometheus by whoever scrapes them), summed over shards."""
 
     primary_errors: int = 0  #: transient errors from the primary
     protocol_errors: int = 0  #: non-transient errors, propagated
@@ -94,6 +142,22 @@ class FailoverCounters:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+class _Health:
+    """One shard's health: state, backoff, next probe, whether a probe is in flight."""
+
+    __slots__ = ("name", "state", "since", "backoff", "next_probe", "probing", "last_error", "ok")
+
+    def __init__(self, name: str, now: float, backoff: float) -> None:
+        self.name = name
+        self.state = StoreState.HEALTHY
+        self.since = now
+        self.backoff = backoff
+        self.next_probe = 0.0
+        self.probing = False
+        self.last_error = ""
+        self.ok = 0  #: calls on this shard that succeeded (evidence that it answers)
 
 
 def divide_limit(limit: Limit, replicas: int) -> Limit:
@@ -122,6 +186,8 @@ class FailoverStore:
     ``backoff``     seconds before the first recovery probe; doubles up to ``max_backoff``
     ``clock``       time source for the backoff (injected; defaults to the monotonic clock)
     ``name``        how logs and errors name the primary (e.g. ``redis 10.0.0.5:6379``)
+
+    If ``primary`` is :class:`Partitioned` (Redis Cluster), health is kept per shard.
     """
 
     def __init__(
@@ -153,12 +219,15 @@ class FailoverStore:
         self._clock: Clock = clock or MonotonicClock()
         self._initial_backoff = backoff
         self._max_backoff = max_backoff
-        self._backoff = backoff
-        self._state = StoreState.HEALTHY
-        self._since = self._clock.now()
-        self._next_probe = 0.0
-        self._probing = False
+        self._shards: Partitioned | None = primary if isinstance(primary, Partitioned) else None
+        now = self._clock.now()
+        self._health: dict[str, _Health] = {}
+        self._degraded: set[str] = set()  #: names of the degraded shards
+        self._since = now  #: when the overall state last changed
+        self._outage_ended = -math.inf  #: when the overall state last became healthy
         self._last_error = ""
+        self._next_refresh = -math.inf
+        self._next_prune = -math.inf
         self._local = MemoryStore()
         self._local_ids: dict[str, float] = {}
         self._divided: dict[Limit, Limit] = {}
@@ -166,63 +235,79 @@ class FailoverStore:
     # -- status ------------------------------------------------------------------------------
     @property
     def state(self) -> StoreState:
-        return self._state
+        """Degraded while any shard is."""
+        if self._degraded and self._shards is not None:
+            self._prune()
+        return StoreState.DEGRADED if self._degraded else StoreState.HEALTHY
 
     @property
     def healthy(self) -> bool:
-        return self._state is StoreState.HEALTHY
+        return self.state is StoreState.HEALTHY
 
     def status(self) -> dict[str, object]:
-        """For an admin endpoint: state, mode, since when, last error, counters."""
-        return {
+        """For an admin endpoint: state, mode, since when, last error, counters; on a sharded
+        primary also ``partitions``: each shard's state, since, last error and next probe."""
+        state = self.state
+        out: dict[str, object] = {
             "store": self.name,
-            "state": self._state.value,
+            "state": state.value,
             "mode": self.mode.value,
             "since": self._since,
             "last_error": self._last_error,
             "counters": self.counters.as_dict(),
         }
+        if self._shards is not None:
+            now = self._clock.now()
+            names = set(self._shards.all_partitions()) | set(self._degraded)
+            shards: dict[str, object] = {}
+            for name in sorted(names):
+                h = self._health.get(name)
+                if h is None:
+                    shards[name] = {"state": StoreState.HEALTHY.value}
+                    continue
+                entry: dict[str, object] = {"state": h.state.value, "since": h.since}
+                if h.state is StoreState.DEGRADED:
+                    entry["last_error"] = h.last_error
+                    entry["next_probe_in"] = max(0.0, h.next_probe - now)
+                shards[name] = entry
+            out["partitions"] = shards
+        return out
 
     # -- Store protocol -----------------------------------------------------------------------
     async def apply(self, batch: Batch, now: float) -> BatchResult:
-        if self._state is StoreState.HEALTHY:
-            try:
-                return await self.primary.apply(batch, now)
-            except StoreError as exc:
-                self._on_error(exc)
-                return self._fallback(batch, now, exc)
-        if self._probing or self._clock.now() < self._next_probe:
-            return self._fallback(batch, now, None)
-        self._probing = True
-        self.counters.probes += 1
-        try:
-            result = await self.primary.apply(batch, now)
-        except StoreError as exc:
-            self._on_error(exc)
-            self.counters.probe_failures += 1
-            self._backoff = min(self._backoff * 2, self._max_backoff)
-            self._next_probe = self._clock.now() + self._backoff
-            return self._fallback(batch, now, exc)
-        finally:
-            self._probing = False
-        self._transition(StoreState.HEALTHY, "probe succeeded")
-        return result
+        shards = self._shards
+        names = (WHOLE,) if shards is None else shards.partitions(batch.keys)
+        return await self._route(
+            names,
+            lambda: self.primary.apply(batch, now),
+            lambda h, reason: self._fallback(batch, now, h, reason),
+        )
 
     async def settle(self, reservation_id: str, actual: float, now: float) -> SettleResult:
         if self._local_ids.pop(reservation_id, None) is not None:
             return self._local.settle_sync(reservation_id, actual, now)
-        if self._state is StoreState.HEALTHY:
-            try:
-                return await self.primary.settle(reservation_id, actual, now)
-            except StoreError as exc:
-                self._on_error(exc)
-                return self._settle_unavailable(exc)
-        return self._settle_unavailable(None)
+        shards = self._shards
+        names = (WHOLE,) if shards is None else shards.reservation_partitions(reservation_id)
+        health = [self._get(n) for n in names]
+        for h in health:
+            if h.state is StoreState.DEGRADED:
+                self._while_degraded()
+                return self._settle_unavailable(h, h.last_error)
+        before = [h.ok for h in health] if len(health) > 1 else None
+        try:
+            result = await self.primary.settle(reservation_id, actual, now)
+        except StoreError as exc:
+            blamed = self._on_error(exc, health, before, probing=())
+            return self._settle_unavailable(blamed, str(exc))
+        for h in health:
+            h.ok += 1
+        return result
 
     async def put_value(self, key: str, value: str, ttl: float, now: float) -> None:
         check_value(value, ttl)  # a bad argument is the caller's error, never an outage
         await self._route_value(
             f"put_value {key}",
+            self._names((key,)),
             lambda: self.primary.put_value(key, value, ttl, now),
             lambda local: local.put_value_sync(key, value, ttl, now),
         )
@@ -230,13 +315,20 @@ class FailoverStore:
     async def get_value(self, key: str, now: float) -> str | None:
         return await self._route_value(
             f"get_value {key}",
+            self._names((key,)),
             lambda: self.primary.get_value(key, now),
             lambda local: local.get_value_sync(key, now),
         )
 
     async def list_values(self, prefix: str, now: float) -> dict[str, str]:
+        shards = self._shards
+        names: tuple[str, ...] = (WHOLE,)
+        if shards is not None:
+            # A listing needs every shard; before discovery, whatever keyless calls need.
+            names = shards.all_partitions() or shards.partitions(())
         return await self._route_value(
             f"list_values {prefix}",
+            names,
             lambda: self.primary.list_values(prefix, now),
             lambda local: local.list_values_sync(prefix, now),
         )
@@ -247,57 +339,183 @@ class FailoverStore:
         finally:
             await self._local.aclose()
 
-    # -- internals ----------------------------------------------------------------------------
-    def _on_error(self, exc: StoreError) -> None:
+    # -- routing ------------------------------------------------------------------------------
+    def _names(self, keys: Sequence[str]) -> tuple[str, ...]:
+        shards = self._shards
+        return (WHOLE,) if shards is None else shards.partitions(keys)
+
+    def _get(self, name: str) -> _Health:
+        h = self._health.get(name)
+        if h is None:
+            if len(self._health) > 1024:  # names come from the slot map: a handful; never grow
+                self._health = {n: x for n, x in self._health.items() if n in self._degraded}
+            h = self._health[name] = _Health(name, self._clock.now(), self._initial_backoff)
+        return h
+
+    async def _route(
+        self,
+        names: tuple[str, ...],
+        call: Callable[[], Awaitable[_T]],
+        fallback: Callable[[_Health, str], _T],
+    ) -> _T:
+        """``call`` on the primary if every shard in ``names`` is healthy, or degraded but due
+        for a probe (then this call is the probe for those shards); else ``fallback`` with the
+        shard that stands in the way. Errors degrade the shards they can be blamed on."""
+        health = [self._get(n) for n in names]
+        due: list[_Health] = []
+        if self._degraded:
+            now = self._clock.now()
+            for h in health:
+                if h.state is StoreState.DEGRADED:
+                    if h.probing or now < h.next_probe:
+                        self._while_degraded()
+                        return fallback(h, h.last_error)
+                    due.append(h)
+            for h in due:
+                h.probing = True
+            if due:
+                self.counters.probes += 1
+        before = [h.ok for h in health] if len(health) > 1 else None
+        try:
+            result = await call()
+        except StoreError as exc:
+            blamed = self._on_error(exc, health, before, probing=due)
+            return fallback(blamed, str(exc))
+        finally:
+            for h in due:
+                h.probing = False
+        for h in health:
+            h.ok += 1
+        for h in due:
+            if h.state is StoreState.DEGRADED and self._health.get(h.name) is h:
+                self._transition(h, StoreState.HEALTHY, "probe succeeded")
+        return result
+
+    def _on_error(
+        self,
+        exc: StoreError,
+        health: list[_Health],
+        before: list[int] | None,
+        *,
+        probing: Sequence[_Health],
+    ) -> _Health:
+        """Count a failed call and degrade the shards it is blamed on (all of them if it touched
+        one; else those that did not answer any other call meanwhile); returns the shard to name
+        in the fallback's reason. Non-transient errors are re-raised: not outages."""
         if not exc.transient:
             self.counters.protocol_errors += 1
             raise exc
         self.counters.primary_errors += 1
-        self._last_error = str(exc)
-        if self._state is StoreState.HEALTHY:
-            self._backoff = self._initial_backoff
-            self._next_probe = self._clock.now() + self._backoff
-            self._local = MemoryStore()
-            self._local_ids = {}
-            self._transition(StoreState.DEGRADED, str(exc))
-
-    def _transition(self, to: StoreState, reason: str) -> None:
-        before = self._state
-        self._state = to
+        reason = str(exc)
+        self._last_error = reason
+        if before is None:
+            blamed = health
+        else:
+            blamed = [h for h, ok in zip(health, before, strict=True) if h.ok == ok]
+        if probing:
+            self.counters.probe_failures += 1
         now = self._clock.now()
-        outage = now - self._since
-        self._since = now
+        for h in blamed:
+            if self._health.get(h.name) is not h:
+                continue  # dropped meanwhile (no longer a primary): nothing to degrade
+            h.last_error = reason
+            if h.state is StoreState.HEALTHY:
+                h.backoff = self._initial_backoff
+                h.next_probe = now + h.backoff
+                if not self._degraded and now - self._outage_ended >= self._max_backoff:
+                    # A new outage: the local store starts empty. One that starts soon after
+                    # the last one ended (a flapping shard, a shard dropped from the slot map
+                    # whose successor fails too) continues it: no fresh local burst per flap.
+                    self._local = MemoryStore()
+                    self._local_ids = {}
+                self._transition(h, StoreState.DEGRADED, reason)
+            elif h in probing:
+                h.backoff = min(h.backoff * 2, self._max_backoff)
+                h.next_probe = now + h.backoff
+        if blamed:
+            return blamed[0]
+        return health[0]
+
+    def _while_degraded(self) -> None:
+        """A call met a degraded shard: now and then re-read the slot map (a promoted replica
+        takes the slots under a new name) and drop the shards it no longer lists."""
+        shards = self._shards
+        if shards is None:
+            return
+        now = self._clock.now()
+        if now >= self._next_refresh:
+            self._next_refresh = now + self._initial_backoff
+            shards.refresh_partitions()
+        if now >= self._next_prune:
+            self._prune()
+
+    def _prune(self) -> None:
+        shards = self._shards
+        assert shards is not None
+        self._next_prune = self._clock.now() + PRUNE_INTERVAL
+        current = set(shards.all_partitions())
+        if not current:
+            return  # no map yet: nothing to compare with
+        for name in [n for n in self._health if n not in current]:
+            h = self._health.pop(name)
+            if h.state is StoreState.DEGRADED:
+                self._transition(h, StoreState.HEALTHY, "no longer a primary")
+
+    def _transition(self, h: _Health, to: StoreState, reason: str) -> None:
+        before = h.state
+        h.state = to
+        now = self._clock.now()
+        outage = now - h.since
+        h.since = now
+        was_degraded = bool(self._degraded)
+        if to is StoreState.DEGRADED:
+            self._degraded.add(h.name)
+        else:
+            self._degraded.discard(h.name)
+        if was_degraded != bool(self._degraded):
+            self._since = now
+            if was_degraded:
+                self._outage_ended = now
+        shard = f" partition={h.name}" if self._shards is not None else ""
+        extra = self._extra(h.name, before, to, reason)
         if to is StoreState.DEGRADED:
             self.counters.degraded += 1
             log.warning(
-                "store_transition store=%s from=%s to=%s mode=%s reason=%s",
-                self.name, before.value, to.value, self.mode.value, reason,
-                extra=self._extra(before, to, reason),
+                "store_transition store=%s%s from=%s to=%s mode=%s reason=%s",
+                self.name, shard, before.value, to.value, self.mode.value, reason, extra=extra,
             )  # fmt: skip
         else:
             self.counters.recovered += 1
             log.warning(
-                "store_transition store=%s from=%s to=%s mode=%s reason=%s outage_s=%.3f",
-                self.name, before.value, to.value, self.mode.value, reason, outage,
-                extra=self._extra(before, to, reason),
+                "store_transition store=%s%s from=%s to=%s mode=%s reason=%s outage_s=%.3f",
+                self.name, shard, before.value, to.value, self.mode.value, reason, outage,
+                extra=extra,
             )  # fmt: skip
 
-    def _extra(self, before: StoreState, to: StoreState, reason: str) -> dict[str, object]:
+    def _extra(
+        self, shard: str, before: StoreState, to: StoreState, reason: str
+    ) -> dict[str, object]:
         return {
             "sg_event": "store_transition",
             "sg_store": self.name,
+            "sg_partition": shard if self._shards is not None else None,
             "sg_from": before.value,
             "sg_to": to.value,
             "sg_mode": self.mode.value,
             "sg_reason": reason,
         }
 
-    def _fallback(self, batch: Batch, now: float, exc: StoreError | None) -> BatchResult:
+    def _where(self, h: _Health) -> str:
+        return f" (partition {h.name})" if self._shards is not None else ""
+
+    # -- the modes ----------------------------------------------------------------------------
+    def _fallback(self, batch: Batch, now: float, h: _Health, reason: str) -> BatchResult:
         mode = self.mode
         if mode is FailureMode.FAIL_CLOSED:
             self.counters.fail_closed_refusals += 1
-            reason = str(exc) if exc is not None else self._last_error
-            raise StoreUnavailable(f"{self.name} unavailable, failing closed: {reason}")
+            raise StoreUnavailable(
+                f"{self.name}{self._where(h)} unavailable, failing closed: {reason}"
+            )
         if mode is FailureMode.FAIL_OPEN:
             self.counters.fail_open_admits += 1
             n = len(batch.keys)
@@ -326,6 +544,7 @@ class FailoverStore:
     async def _route_value(
         self,
         what: str,
+        names: tuple[str, ...],
         primary: Callable[[], Awaitable[_T]],
         local: Callable[[MemoryStore], _T],
     ) -> _T:
@@ -333,42 +552,25 @@ class FailoverStore:
         (errors degrade, a call after the backoff probes, a successful probe recovers), else
         the mode's answer. ``local`` takes the fallback store as an argument because an outage
         that starts during the call replaces it."""
-        if self._state is StoreState.HEALTHY:
-            try:
-                return await primary()
-            except StoreError as exc:
-                self._on_error(exc)
-                return self._value_fallback(what, local, exc)
-        if self._probing or self._clock.now() < self._next_probe:
-            return self._value_fallback(what, local, None)
-        self._probing = True
-        self.counters.probes += 1
-        try:
-            result = await primary()
-        except StoreError as exc:
-            self._on_error(exc)
-            self.counters.probe_failures += 1
-            self._backoff = min(self._backoff * 2, self._max_backoff)
-            self._next_probe = self._clock.now() + self._backoff
-            return self._value_fallback(what, local, exc)
-        finally:
-            self._probing = False
-        self._transition(StoreState.HEALTHY, "probe succeeded")
-        return result
+        return await self._route(
+            names, primary, lambda h, reason: self._value_fallback(what, local, h, reason)
+        )
 
     def _value_fallback(
-        self, what: str, local: Callable[[MemoryStore], _T], exc: StoreError | None
+        self, what: str, local: Callable[[MemoryStore], _T], h: _Health, reason: str
     ) -> _T:
         if self.mode is FailureMode.FAIL_CLOSED:
             self.counters.value_refusals += 1
-            reason = str(exc) if exc is not None else self._last_error
-            raise StoreUnavailable(f"{self.name} unavailable, failing closed ({what}): {reason}")
+            raise StoreUnavailable(
+                f"{self.name}{self._where(h)} unavailable, failing closed ({what}): {reason}"
+            )
         self.counters.local_values += 1
         return local(self._local)
 
-    def _settle_unavailable(self, exc: StoreError | None) -> SettleResult:
+    def _settle_unavailable(self, h: _Health, reason: str) -> SettleResult:
         self.counters.settles_dropped += 1
         if self.mode is FailureMode.FAIL_CLOSED:
-            reason = str(exc) if exc is not None else self._last_error
-            raise StoreUnavailable(f"{self.name} unavailable, settlement not applied: {reason}")
+            raise StoreUnavailable(
+                f"{self.name}{self._where(h)} unavailable, settlement not applied: {reason}"
+            )
         return SettleResult(SettleStatus.UNKNOWN, 0.0)

@@ -215,12 +215,16 @@ class _Pipeliner:
         try:
             replies = await self._execute(batch)
         except BaseException as exc:  # noqa: B036 - every waiter must hear of the failure
+            if isinstance(exc, asyncio.CancelledError):
+                # The store is closing (aclose cancels its pipelines): its callers are
+                # cancelled too, not handed a protocol error for a call that never failed.
+                for call in batch:
+                    call.future.cancel()
+                raise
             err = convert_error(exc, self._address)
             for call in batch:
                 if not call.future.done():
                     call.future.set_exception(err)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
             await self._connections.failed(exc)
         else:
             redirect = self._redirect

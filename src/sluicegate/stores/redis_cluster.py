@@ -41,6 +41,10 @@ adjustments of that slot; those of other slots (pool token buckets) follow with 
 **Shared values** are plain ``SET PX`` / ``GET`` on the key's slot (``sg:{acme}:scale:...`` is in
 the tenant's slot). ``list_values`` scans every primary in turn (``SCAN MATCH`` per node, then
 ``MGET`` per slot) and merges the keys, so a key is listed once even if a scan repeats it.
+
+**Shards for failover**: :meth:`RedisClusterStore.partitions` names the primaries a call's keys
+live on (from the current slot map), so :class:`~sluicegate.stores.failover.FailoverStore` keeps
+one health state per primary and a failing shard fails only the decisions that touch it.
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ from sluicegate.stores.redis_scripts import (
     ttl_ms,
 )
 
-__all__ = ["RedisClusterStore", "parse_cluster_url"]
+__all__ = ["UNMAPPED", "RedisClusterStore", "parse_cluster_url"]
 
 log = logging.getLogger("sluicegate.stores.redis_cluster")
 
@@ -147,6 +151,10 @@ class _Pending:
     def __init__(self) -> None:
         self.abandoned = False
 
+
+#: The partition name of a slot the slot map does not cover (see
+#: :meth:`RedisClusterStore.partitions`).
+UNMAPPED = "unmapped"
 
 #: Re-routes (MOVED / ASK / TRYAGAIN: the script did not run) one call may take before it
 #: fails with StoreUnavailable.
@@ -486,6 +494,7 @@ class RedisClusterStore:
         self.codec = Codec(use_caller_clock=use_caller_clock, ttl_slack=ttl_slack)
         self._scripts = {s.name: client.register_script(s.text) for s in SCRIPTS}
         self._background: set[asyncio.Task[Any]] = set()
+        self._map_refresh: asyncio.Task[None] | None = None
         # redis-py raises MaxConnectionsError when a node's pool is exhausted; queueing for a
         # connection (within the call's timeout) is what a rate limiter under load needs.
         self._connections = asyncio.Semaphore(max_connections)
@@ -547,6 +556,62 @@ class RedisClusterStore:
     @property
     def client(self) -> RedisCluster:
         return self._client
+
+    # -- shards, for FailoverStore (per-shard health) ----------------------------------------
+    def partitions(self, keys: Sequence[str]) -> tuple[str, ...]:
+        """The names (``host:port``) of the primaries that serve ``keys``' slots in the current
+        slot map, each once, in key order (keyless: slot 0's, where such a call is routed).
+
+        :class:`~sluicegate.stores.failover.FailoverStore` keeps one health state per name, so
+        a failing shard puts only the decisions that touch it into the failure mode. A slot the
+        map does not cover (no map yet) is :data:`UNMAPPED`."""
+        nodes = self._client.nodes_manager
+        if not keys:
+            keys = ("",)
+        out: list[str] = []
+        last = -1
+        for key in keys:
+            slot = slot_of(key)
+            if slot == last:
+                continue  # a tenant's keys share one slot
+            last = slot
+            try:
+                name = nodes.get_node_from_slot(slot).name
+            except rexc.SlotNotCoveredError:
+                name = UNMAPPED
+            if name not in out:
+                out.append(name)
+        return tuple(out)
+
+    def reservation_partitions(self, reservation_id: str) -> tuple[str, ...]:
+        """Where :meth:`settle` runs: the primary of the reservation record's slot (its
+        adjustments in other slots are best effort, see the module docstring)."""
+        return self.partitions((record_key(reservation_id),))
+
+    def all_partitions(self) -> tuple[str, ...]:
+        """Every primary of the current slot map (empty before the cluster is discovered)."""
+        return tuple(sorted(node.name for node in self._client.get_primaries()))
+
+    def refresh_partitions(self) -> None:
+        """Refresh the slot map in the background (a failover promotes a replica under a new
+        name), at most one refresh at a time. FailoverStore calls it while a shard is degraded:
+        no calls go to that shard then, so no connection error would ask for it."""
+        if self._batching is not None:
+            self._batching.request_refresh()
+            return
+        task = self._map_refresh
+        if task is None or task.done():
+            task = self._map_refresh = asyncio.ensure_future(self._refresh_map())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            task.add_done_callback(_retrieve)
+
+    async def _refresh_map(self) -> None:
+        try:
+            async with asyncio.timeout(max(1.0, self.timeout * 20)):
+                await self._client.nodes_manager.initialize()
+        except Exception as exc:
+            log.debug("slot_map_refresh_failed cluster=%s error=%s", self._where, exc)
 
     async def ping(self) -> None:
         """Discover the cluster and check it answers; one clear line if not."""
