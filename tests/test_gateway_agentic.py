@@ -217,6 +217,10 @@ pools:
                 ("acme", "worker", 10)
             ]
             assert 85 < listed[0]["expires_in"] <= 90
+            r = await client.request("DELETE", admin, json={"tenant": "acme"}, headers=ADMIN)
+            assert r.status_code == 400 and "agent" in r.text
+            r = await client.put(admin, json=event, headers=ADMIN)
+            assert r.status_code == 405
             now = time.time()
             statuses = []
             for i in range(10):
@@ -309,5 +313,11 @@ pools:
             assert code == 0 and "served by the default tier 'pro'" in capsys.readouterr().out
             code = await asyncio.to_thread(main, [*post_args, "--instances", "0"])
             assert code == 1 and "instances must be between" in capsys.readouterr().err
+            code = await asyncio.to_thread(main, [*post_args, "--end"])
+            assert code == 0 and '"ended"' in capsys.readouterr().out
+            code = await asyncio.to_thread(main, [*post_args, "--end"])
+            assert code == 1 and "no active scale event for acme/worker" in capsys.readouterr().err
+            code = await asyncio.to_thread(main, [*base, "SG_TEST_ADMIN_TOKEN", "--end"])
+            assert code == 2 and "--end needs --tenant and --agent" in capsys.readouterr().err
             code = await asyncio.to_thread(main, [*base, "NO_SUCH_VAR", "--list"])
             assert code == 2 and "admin token" in capsys.readouterr().err

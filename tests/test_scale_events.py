@@ -173,3 +173,18 @@ async def test_scale_events_never_disturb_bucket_state_on_the_memory_store() -> 
     await engine.scale_events()
     assert {k: store._buckets.get(k) for k in before} == before
     assert not (await engine.decide(ctx)).allowed  # the agent's burst (20) is still spent
+
+
+async def test_an_event_can_be_ended_early_on_every_replica(store: Store) -> None:
+    alerts: list[dict[str, Any]] = []
+    clock = VirtualClock(1000.0)
+    first, second = make(store, clock, alerts), make(store, clock)
+    assert await first.end_scale_event("acme", "worker") is None  # nothing to end
+    added = await first.add_scale_event("acme", "worker", 50, 90)
+    clock.advance(0.5)
+    ended = await first.end_scale_event("acme", "worker")
+    assert ended is not None and ended.until == added.created + 0.5
+    assert [a["event"] for a in alerts] == ["scale_event", "scale_event_ended"]
+    assert await second.scale_events() == []
+    assert 200 <= await start_fleet(second, "a") < 300  # the policy's aggregate, not 1000
+    assert await first.end_scale_event("acme", "worker") is None

@@ -594,6 +594,30 @@ class Engine:
         )
         return event
 
+    async def end_scale_event(self, tenant: str, agent: str) -> ScaleEvent | None:
+        """End the agent's active scale event early (the fleet is up, or it was announced by
+        mistake); the ended event, or None if there was none. Written as the same event with
+        ``until`` = now, so every replica sees it over within ``SCALE_EVENT_CACHE_TTL``."""
+        key = _scale_key(tenant, agent)
+        text = await self.store.get_value(key, self.clock.now())
+        event = ScaleEvent.from_json(text) if text is not None else None
+        now = self.wall_clock()
+        if event is None or event.until <= now:
+            return None
+        ended = dataclasses.replace(event, until=now)
+        await self.store.put_value(key, ended.to_json(), SCALE_EVENT_CACHE_TTL, self.clock.now())
+        self._scale[(tenant, agent)] = (self.clock.now(), ended)
+        self.on_alert(
+            {
+                "event": "scale_event_ended",
+                "tenant": tenant,
+                "agent": agent,
+                "instances": event.instances,
+                "action": "init aggregate back to the policy's burst",
+            }
+        )
+        return ended
+
     async def scale_events(self) -> list[ScaleEvent]:
         """The scale events still active, across every tenant (reads the store)."""
         now = self.wall_clock()

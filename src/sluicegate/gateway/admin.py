@@ -11,6 +11,8 @@
   (seconds, or a duration like ``"90s"``; default the init tier's window) is over, in the store
   (every replica applies it), and alerts. 201 with the event; 400 with the problem otherwise.
 * ``GET /admin/scale-events``: the active ones.
+* ``DELETE /admin/scale-events`` ``{"tenant", "agent"}``: end one early (200), 404 if none is
+  active.
 
 Everything but the probes needs ``Authorization: Bearer <token>``, compared in constant time
 (``hmac.compare_digest``). The token comes from the environment variable named by
@@ -25,7 +27,7 @@ import hmac
 import json
 import os
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError
 
@@ -47,6 +49,15 @@ class ScaleEventRequest(BaseModel):
     agent: Annotated[str, Field(min_length=1, max_length=256)]
     instances: StrictInt
     window: Annotated[float, BeforeValidator(parse_duration)] | None = None
+
+
+class ScaleEventEnd(BaseModel):
+    """``DELETE /admin/scale-events``: which event to end."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tenant: Annotated[str, Field(min_length=1, max_length=256)]
+    agent: Annotated[str, Field(min_length=1, max_length=256)]
 
 
 def _event_doc(event: ScaleEvent, now: float) -> dict[str, Any]:
@@ -131,22 +142,13 @@ class AdminApp:
                 now = engine.wall_clock()
                 await _json(send, 200, {"scale_events": [_event_doc(e, now) for e in events]})
             elif method == "POST":
-                body = await _read_body(receive)
-                if body is None:
-                    await _json(send, 413, {"error": f"body above {MAX_ADMIN_BODY} bytes"})
+                req = await _parse(ScaleEventRequest, receive, send)
+                if req is None:
                     return
                 try:
-                    req = ScaleEventRequest.model_validate_json(body)
                     event = await engine.add_scale_event(
                         req.tenant, req.agent, req.instances, req.window
                     )
-                except ValidationError as exc:
-                    problems = [
-                        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-                        for e in exc.errors(include_url=False)
-                    ]
-                    await _json(send, 400, {"error": "invalid scale event", "problems": problems})
-                    return
                 except ValueError as exc:
                     await _json(send, 400, {"error": str(exc)})
                     return
@@ -158,8 +160,18 @@ class AdminApp:
                         f"by the default tier {policy.default_tier!r}"
                     )
                 await _json(send, 201, doc)
+            elif method == "DELETE":
+                end = await _parse(ScaleEventEnd, receive, send)
+                if end is None:
+                    return
+                ended = await engine.end_scale_event(end.tenant, end.agent)
+                if ended is None:
+                    where = f"{end.tenant[:64]}/{end.agent[:64]}"
+                    await _json(send, 404, {"error": f"no active scale event for {where}"})
+                    return
+                await _json(send, 200, {"ended": _event_doc(ended, engine.wall_clock())})
             else:
-                await _json(send, 405, {"error": f"{method} not allowed; use GET or POST"})
+                await _json(send, 405, {"error": f"{method} not allowed; use GET, POST or DELETE"})
         except StoreError as exc:
             await _json(send, 503, {"error": f"store unavailable: {exc}"})
 
@@ -179,6 +191,26 @@ class AdminApp:
             return 401, "missing bearer token"
         if not hmac.compare_digest(token.strip(), expected.encode()):
             return 401, "invalid bearer token"
+        return None
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+async def _parse(model: type[_Model], receive: Receive, send: Send) -> _Model | None:
+    """The request body as ``model``; on a bad body, answers 413 / 400 and returns None."""
+    body = await _read_body(receive)
+    if body is None:
+        await _json(send, 413, {"error": f"body above {MAX_ADMIN_BODY} bytes"})
+        return None
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        ]
+        await _json(send, 400, {"error": "invalid request body", "problems": problems})
         return None
 
 

@@ -57,6 +57,12 @@ def _cmd_scale_event(args: argparse.Namespace) -> int:
     try:
         if args.list:
             response = httpx.get(url, headers=headers, timeout=10.0)
+        elif args.end:
+            if not args.tenant or not args.agent:
+                print("sluicegate scale-event: --end needs --tenant and --agent", file=sys.stderr)
+                return 2
+            who = {"tenant": args.tenant, "agent": args.agent}
+            response = httpx.request("DELETE", url, json=who, headers=headers, timeout=10.0)
         else:
             names = ("tenant", "agent", "instances")
             missing = [f"--{n}" for n in names if getattr(args, n) in (None, "")]
@@ -116,9 +122,9 @@ def register(subparsers: Any) -> None:
     e = subparsers.add_parser(
         "scale-event",
         help="announce a fleet start to a running gateway (pre-warms the init tier)",
-        description="POST /admin/scale-events: for WINDOW, the agent's init aggregate holds "
-        "INSTANCES times the per-instance init limits. --list shows the active events. The "
-        "admin token is read from the environment.",
+        description="POST /admin/scale-events: for WINDOW, the agent's init aggregate burst "
+        "holds INSTANCES times the per-instance init burst. --list shows the active events, "
+        "--end ends one early. The admin token is read from the environment.",
     )
     e.add_argument("--admin", default="http://127.0.0.1:8081", help="admin API base URL")
     e.add_argument("--tenant")
@@ -126,6 +132,7 @@ def register(subparsers: Any) -> None:
     e.add_argument("--instances", type=int)
     e.add_argument("--window", help="how long it lasts, e.g. 90s (default: the init window)")
     e.add_argument("--list", action="store_true", help="list the active scale events")
+    e.add_argument("--end", action="store_true", help="end the agent's active event early")
     e.add_argument(
         "--token-env",
         default="SLUICEGATE_ADMIN_TOKEN",
