@@ -188,3 +188,16 @@ async def test_an_event_can_be_ended_early_on_every_replica(store: Store) -> Non
     assert await second.scale_events() == []
     assert 200 <= await start_fleet(second, "a") < 300  # the policy's aggregate, not 1000
     assert await first.end_scale_event("acme", "worker") is None
+
+
+async def test_an_init_tier_with_nothing_shared_has_nothing_to_prewarm() -> None:
+    from sluicegate.stores.memory import MemoryStore
+
+    def engine_for(extra: str) -> Engine:
+        text = POLICY.replace("  aggregate: {requests: 600/min, burst: 200}\n", extra)
+        return Engine(policy_from_text(text), MemoryStore(), VirtualClock(0.0))
+
+    with pytest.raises(ValueError, match="no aggregate or tenant limits"):
+        await engine_for("").add_scale_event("acme", "worker", 5, 60)
+    allowance = engine_for("  tenant: {requests: 600/min, burst: 200}\n")
+    assert (await allowance.add_scale_event("acme", "worker", 5, 60)).instances == 5

@@ -564,8 +564,10 @@ class Engine:
         tier = self._policy.init
         if tier is None:
             raise ValueError("the policy has no init tier: a scale event pre-warms its budget")
-        if not tier.aggregate_rules:
-            raise ValueError("the init tier has no aggregate limits: there is nothing to pre-warm")
+        if not tier.aggregate_rules and tier.tenant_rules is None:
+            raise ValueError(
+                "the init tier has no aggregate or tenant limits: there is nothing to pre-warm"
+            )
         if self._policy.rules_for(tenant, self._policy.default_class) is None:
             raise ValueError(f"unknown tenant {tenant[:64]!r}")
         if not agent or len(agent) > 256:
