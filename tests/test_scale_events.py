@@ -10,8 +10,11 @@ import pytest
 from sluicegate.clock import VirtualClock
 from sluicegate.engine import Engine, RequestContext
 from sluicegate.engine.init_tokens import issue_token
+from sluicegate.errors import StoreUnavailable
 from sluicegate.policy import policy_from_text
 from sluicegate.stores import Store
+from sluicegate.stores.failover import FailoverStore
+from sluicegate.stores.memory import MemoryStore
 
 SECRET = "s" * 40
 WALL = 1_800_000_000.0
@@ -201,3 +204,42 @@ async def test_an_init_tier_with_nothing_shared_has_nothing_to_prewarm() -> None
         await engine_for("").add_scale_event("acme", "worker", 5, 60)
     allowance = engine_for("  tenant: {requests: 600/min, burst: 200}\n")
     assert (await allowance.add_scale_event("acme", "worker", 5, 60)).instances == 5
+
+
+class _FlakyPrimary(MemoryStore):
+    """A memory store standing in for Redis that fails (StoreUnavailable) while ``down``."""
+
+    down = False
+
+    async def apply(self, batch: Any, now: float) -> Any:
+        self._check()
+        return await super().apply(batch, now)
+
+    async def get_value(self, key: str, now: float) -> str | None:
+        self._check()
+        return await super().get_value(key, now)
+
+    async def put_value(self, key: str, value: str, ttl: float, now: float) -> None:
+        self._check()
+        await super().put_value(key, value, ttl, now)
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("cannot reach redis at 127.0.0.1:1: connection refused")
+
+
+@pytest.mark.parametrize("mode", ["local", "fail_open"])
+async def test_a_known_event_outlives_a_store_outage(mode: str) -> None:
+    """A degraded FailoverStore answers values from its in-process fallback, which never saw
+    the event: the replica keeps the event it last read until the event's own end."""
+    primary = _FlakyPrimary()
+    clock = VirtualClock(1000.0)
+    store = FailoverStore(primary, mode=mode, clock=clock, name="redis test")  # type: ignore[arg-type]
+    engine = make(store, clock)  # type: ignore[arg-type]
+    await engine.add_scale_event("acme", "worker", 50, 60)
+    assert await start_fleet(engine, "a", instances=1, calls=1) == 1  # reads the event
+    primary.down = True
+    clock.advance(2.0)  # past the replica's 1 s cache: the next init call re-reads
+    assert (await engine._scale_event("acme", "worker")) is not None
+    clock.advance(60.0)  # the event's own end still holds
+    assert (await engine._scale_event("acme", "worker")) is None

@@ -629,19 +629,25 @@ class Engine:
 
     async def _scale_event(self, tenant: str, agent: str) -> ScaleEvent | None:
         """The agent's active scale event, read from the store at most once per
-        ``SCALE_EVENT_CACHE_TTL``; a store that cannot answer means no event (the init tier's
-        own limits still hold)."""
+        ``SCALE_EVENT_CACHE_TTL``. While the store cannot answer (an error, or a degraded
+        FailoverStore answering from its in-process fallback, which never saw the event), the
+        event this replica last read stays in force until its end; one it never read is not
+        known (the init tier's own limits hold)."""
         key = (tenant, agent)
         now = self.clock.now()
         cached = self._scale.get(key)
         if cached is None or now - cached[0] >= SCALE_EVENT_CACHE_TTL:
+            known = cached[1] if cached is not None else None
             event = None
             try:
                 text = await self.store.get_value(_scale_key(tenant, agent), now)
             except StoreError:
-                text = None
-            if text is not None:
-                event = ScaleEvent.from_json(text)
+                event = known
+            else:
+                if text is not None:
+                    event = ScaleEvent.from_json(text)
+                elif known is not None and not getattr(self._store, "healthy", True):
+                    event = known
             if len(self._scale) >= _DEMAND_CACHE_MAX:
                 self._scale.clear()
             cached = self._scale[key] = (now, event)
