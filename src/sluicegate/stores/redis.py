@@ -50,7 +50,8 @@ from sluicegate.stores.redis_scripts import (
     SETTLE,
     Codec,
     LuaScript,
-    command_error,
+    bounded_call,
+    check_options,
     convert_error,
     decode_apply,
     decode_settle,
@@ -409,10 +410,7 @@ class RedisStore:
         max_connections: int = 64,
         owns_client: bool = True,
     ) -> None:
-        if not timeout > 0:
-            raise ConfigurationError(f"redis store timeout must be > 0 seconds, got {timeout!r}")
-        if max_batch < 1 or max_inflight < 1:
-            raise ConfigurationError("redis store max_batch and max_inflight must be >= 1")
+        check_options(timeout, max_batch, max_inflight)
         self._client = client
         self._owns_client = owns_client
         self.address = address
@@ -585,35 +583,20 @@ class RedisStore:
     async def _command(self, what: str, send: Callable[[], Any]) -> Any:
         """One plain command, bounded by ``timeout`` (queueing for a connection included),
         with client errors converted as for scripts."""
-        try:
-            async with asyncio.timeout(self.timeout), self._connections:
-                return await send()
-        except BaseException as exc:  # noqa: B036 - converted, never swallowed
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            if isinstance(exc, TimeoutError):
-                raise StoreUnavailable(
-                    f"cannot reach redis at {self.address}: no answer to {what:.200} within "
-                    f"{self.timeout * 1000:g} ms"
-                ) from None
-            if isinstance(exc, rexc.ConnectionError | OSError):
-                await _drop_idle_connections(self._client)
-            raise command_error(exc, self.address, f"{what:.200}") from exc
+        return await bounded_call(
+            send, timeout=self.timeout, limiter=self._connections, where=self.address,
+            what=what, on_connection_error=self._drop_idle,
+        )  # fmt: skip
 
     async def _direct(self, script: LuaScript, numkeys: int, args: Sequence[Any]) -> Any:
         """One EVALSHA through redis-py's registered script (it reloads on NOSCRIPT)."""
         self.direct_calls += 1
-        try:
-            async with asyncio.timeout(self.timeout), self._connections:
-                return await self._scripts[script.name](keys=args[:numkeys], args=args[numkeys:])
-        except BaseException as exc:  # noqa: B036 - converted, never swallowed
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            if isinstance(exc, TimeoutError):
-                raise StoreUnavailable(
-                    f"cannot reach redis at {self.address}: no answer within "
-                    f"{self.timeout * 1000:g} ms"
-                ) from None
-            if isinstance(exc, rexc.ConnectionError | OSError):
-                await _drop_idle_connections(self._client)
-            raise convert_error(exc, self.address) from exc
+        run = self._scripts[script.name]
+        return await bounded_call(
+            lambda: run(keys=args[:numkeys], args=args[numkeys:]),
+            timeout=self.timeout, limiter=self._connections, where=self.address,
+            on_connection_error=self._drop_idle,
+        )  # fmt: skip
+
+    async def _drop_idle(self) -> None:
+        await _drop_idle_connections(self._client)

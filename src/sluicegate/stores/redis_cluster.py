@@ -80,7 +80,8 @@ from sluicegate.stores.redis_scripts import (
     Codec,
     Entry,
     LuaScript,
-    command_error,
+    bounded_call,
+    check_options,
     convert_error,
     decode_apply,
     decode_entries,
@@ -483,10 +484,7 @@ class RedisClusterStore:
         max_connections: int = 64,
         owns_client: bool = True,
     ) -> None:
-        if not timeout > 0:
-            raise ConfigurationError(f"redis store timeout must be > 0 seconds, got {timeout!r}")
-        if max_batch < 1 or max_inflight < 1:
-            raise ConfigurationError("redis store max_batch and max_inflight must be >= 1")
+        check_options(timeout, max_batch, max_inflight)
         self._client = client
         self._owns_client = owns_client
         self.address = address
@@ -731,18 +729,9 @@ class RedisClusterStore:
     async def _command(self, what: str, send: Callable[[], Any]) -> Any:
         """One plain command (redis-py routes it by slot), bounded by ``timeout`` like a
         script call, errors converted likewise."""
-        try:
-            async with asyncio.timeout(self.timeout), self._connections:
-                return await send()
-        except BaseException as exc:  # noqa: B036 - converted, never swallowed
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            if isinstance(exc, TimeoutError):
-                raise StoreUnavailable(
-                    f"cannot reach redis at {self._where}: no answer to {what:.200} within "
-                    f"{self.timeout * 1000:g} ms"
-                ) from None
-            raise command_error(exc, self._where, f"{what:.200}") from exc
+        return await bounded_call(
+            send, timeout=self.timeout, limiter=self._connections, where=self._where, what=what
+        )
 
     async def _call(
         self, script: LuaScript, numkeys: int, args: Sequence[Any], timeout: float | None = None
@@ -750,18 +739,11 @@ class RedisClusterStore:
         if self._batching is not None:
             return await self._batching.call(script, numkeys, args, timeout or self.timeout)
         self._counts["direct_calls"] += 1
-        try:
-            async with asyncio.timeout(timeout or self.timeout), self._connections:
-                return await self._scripts[script.name](keys=args[:numkeys], args=args[numkeys:])
-        except BaseException as exc:  # noqa: B036 - converted, never swallowed
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            if isinstance(exc, TimeoutError):
-                raise StoreUnavailable(
-                    f"cannot reach redis at cluster {self.address}: no answer within "
-                    f"{(timeout or self.timeout) * 1000:g} ms"
-                ) from None
-            raise convert_error(exc, f"cluster {self.address}") from exc
+        run = self._scripts[script.name]
+        return await bounded_call(
+            lambda: run(keys=args[:numkeys], args=args[numkeys:]),
+            timeout=timeout or self.timeout, limiter=self._connections, where=self._where,
+        )  # fmt: skip
 
     def _record(self, batch: Batch, rkey: str, rslot: int) -> tuple[str, float, float, str, str]:
         res = batch.reservation

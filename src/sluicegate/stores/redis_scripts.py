@@ -25,14 +25,14 @@ import hashlib
 import json
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from redis import exceptions as rexc
 
-from sluicegate.errors import StoreError, StoreProtocolError, StoreUnavailable
+from sluicegate.errors import ConfigurationError, StoreError, StoreProtocolError, StoreUnavailable
 from sluicegate.stores.base import (
     Algorithm,
     Batch,
@@ -415,6 +415,46 @@ def convert_error(exc: BaseException, where: str) -> StoreError:
     if isinstance(exc, rexc.RedisError | rexc.RedisClusterException):
         return StoreProtocolError(f"redis at {where}: {_reason(exc)}")
     return StoreProtocolError(f"redis at {where}: unexpected {type(exc).__name__}: {exc}"[:300])
+
+
+def check_options(timeout: float, max_batch: int, max_inflight: int) -> None:
+    """The options both Redis stores validate the same way (a ConfigurationError)."""
+    if not timeout > 0:
+        raise ConfigurationError(f"redis store timeout must be > 0 seconds, got {timeout!r}")
+    if max_batch < 1 or max_inflight < 1:
+        raise ConfigurationError("redis store max_batch and max_inflight must be >= 1")
+
+
+async def bounded_call(
+    send: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float,
+    limiter: asyncio.Semaphore,
+    where: str,
+    what: str | None = None,
+    on_connection_error: Callable[[], Awaitable[None]] | None = None,
+) -> Any:
+    """One call outside the pipeliner (a plain command, or an unbatched script when ``what``
+    is None): bounded by ``timeout``, queueing for a connection (``limiter``) included, and
+    every client error converted (``command_error`` for commands, ``convert_error`` for
+    scripts), so both stores fail the same way. ``on_connection_error`` runs after a
+    connection error (the standalone store drops its idle connections then)."""
+    try:
+        async with asyncio.timeout(timeout), limiter:
+            return await send()
+    except BaseException as exc:  # noqa: B036 - converted, never swallowed
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        if isinstance(exc, TimeoutError):
+            to = f" to {what:.200}" if what is not None else ""
+            raise StoreUnavailable(
+                f"cannot reach redis at {where}: no answer{to} within {timeout * 1000:g} ms"
+            ) from None
+        if on_connection_error is not None and isinstance(exc, rexc.ConnectionError | OSError):
+            await on_connection_error()
+        if what is None:
+            raise convert_error(exc, where) from exc
+        raise command_error(exc, where, f"{what:.200}") from exc
 
 
 def socket_timeouts(timeout: float, connect_timeout: float | None) -> tuple[float, float]:
